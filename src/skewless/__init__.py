@@ -1,0 +1,3 @@
+"""skewless: zero-downtime, zero-skew releases for web fleets."""
+
+__version__ = "0.1.0"

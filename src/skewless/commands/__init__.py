@@ -1,0 +1,1 @@
+"""Thin CLI subcommands that talk to the controller API."""

@@ -1,0 +1,1 @@
+"""skewless demo."""
