@@ -356,8 +356,16 @@ class _Fleet:
             pending = sum(1 for i in mine if not is_serving(i))
             leaving_active = sum(1 for i in leaving if i.version in self.floors)
             moves_left = max(0, spec.batch - pending - leaving_active)
+            # max_surge counts above the larger of the old fleet and the new one: a
+            # rollout that shrinks the app does not need extra room to start.
             occupying = sum(1 for i in self.snap.instances if occupies_slot(i))
-            surge_room = max(0, spec.instances + spec.max_surge - occupying)
+            old_fleet = sum(
+                1
+                for i in self.snap.instances
+                if occupies_slot(i) and not is_leaving(i) and i.version != self.target
+            )
+            baseline = max(spec.instances, old_fleet)
+            surge_room = max(0, baseline + spec.max_surge - occupying)
             wanted = min(missing, moves_left, surge_room)
             if moves_left == 0:
                 waits.append(f"batch of {spec.batch} in flight")
@@ -642,7 +650,8 @@ class _Fleet:
         carry = sum(self.serving[v] * self.versions[v].capacity for v in taking)
         ready = sum(self.serving[v] for v in taking)
         need = (sum(self.versions[v].load for v in taking) + view.load) * self.spec.headroom
-        fits = ready > 0 and carry + EPS >= need
+        # Moving no load breaks no floor, even where the others are already short.
+        fits = ready > 0 and (view.load <= EPS or carry + EPS >= need)
         if self.spec.rollback_of == name:
             if fits:
                 actions.append(RetireVersion(version=name, reason="rolled_back"))
