@@ -121,6 +121,11 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     return progress
 
 
+def _some(ids: list[str], shown: int = 3) -> str:
+    """A few ids for a status line, the rest elided."""
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -315,6 +320,7 @@ class _Fleet:
     def _lifecycle(self, actions: list[Action], waits: list[str]) -> None:
         """Start → ready (right version) → smoke → table, for each target instance."""
         starting: list[str] = []
+        smoking: list[str] = []
         for instance in self.target_instances():
             rv = instance.running_version
             if rv is not None and rv != self.target:
@@ -332,12 +338,15 @@ class _Fleet:
                 waits.append(f"host {instance.host} has not reported the version of {instance.id}")
             elif instance.smoke == "pending":
                 actions.append(RunSmoke(instance_id=instance.id))
-                waits.append(f"smoke checks on {instance.id}")
+                smoking.append(instance.id)
             elif instance.smoke == "passed":
                 actions.append(AddToTable(instance_id=instance.id))
+        if smoking:
+            waits.append(f"smoke checks on {_some(smoking)}")
         if starting:
-            shown = ", ".join(starting[:3]) + (" …" if len(starting) > 3 else "")
-            waits.append(f"{_plural(len(starting), 'instance')} of {self.target} starting: {shown}")
+            waits.append(
+                f"{_plural(len(starting), 'instance')} of {self.target} starting: {_some(starting)}"
+            )
 
     def _grow(self, actions: list[Action], waits: list[str], budget: _Budget) -> None:
         """Start missing target instances; under ``rolling``, free slots by draining."""
@@ -635,13 +644,12 @@ class _Fleet:
                 actions.append(StopInstance(instance_id=instance.id))
             else:
                 draining_waits.append(why)
+        if draining_waits:
+            more = f" and {len(draining_waits) - 2} more" if len(draining_waits) > 2 else ""
+            waits.append("draining: " + "; ".join(draining_waits[:2]) + more)
         gone = [i.id for i in self.snap.instances if i.desired == "stopped" and occupies_slot(i)]
         if gone:
-            more = " …" if len(gone) > 2 else ""
-            draining_waits.append("agents stopping " + ", ".join(gone[:2]) + more)
-        if draining_waits:
-            more = " …" if len(draining_waits) > 2 else ""
-            waits.append("draining: " + "; ".join(draining_waits[:2]) + more)
+            waits.append(f"agents stopping {_some(gone, 2)}")
 
     def _maybe_retire(
         self, name: str, taking: list[str], actions: list[Action], waits: list[str]
