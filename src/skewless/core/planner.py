@@ -121,6 +121,18 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     return progress
 
 
+WEIGHT_TOLERANCE = 5e-5
+
+
+def _rounded(weights: dict[str, float]) -> dict[str, float]:
+    """Weights to 4 decimals, still summing to 1 (the largest absorbs the rounding)."""
+    out = {v: round(w, 4) for v, w in weights.items()}
+    if out:
+        largest = max(out, key=lambda v: (out[v], v))
+        out[largest] = round(out[largest] + 1.0 - sum(out.values()), 4)
+    return out
+
+
 def _some(ids: list[str], shown: int = 3) -> str:
     """A few ids for a status line, the rest elided."""
     return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
@@ -561,7 +573,9 @@ class _Fleet:
         return min(1.0, math.floor(share * 100 + EPS) / 100)
 
     def _set_weights(self, weights: dict[str, float], actions: list[Action]) -> None:
-        changed = any(abs(self.weight(v) - w) > EPS for v, w in weights.items())
+        weights = _rounded(weights)
+        # A store that keeps fewer digits must not make the same change look new forever.
+        changed = any(abs(self.weight(v) - w) > WEIGHT_TOLERANCE for v, w in weights.items())
         if not changed:
             return
         target_weight = weights.get(self.target, 0.0)
