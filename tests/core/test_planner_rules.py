@@ -516,7 +516,7 @@ def test_planner_abort_sends_new_sessions_back_and_stops_unfinished_instances() 
         state=RolloutState.ABORTED,
     )
     result = plan(s)
-    assert keys(result) == ["weights:0:v1=1,v2=0", "stop:h1/shop/v2/1"]
+    assert keys(result) == ["weights:0:v1=1,v2=0@5", "stop:h1/shop/v2/1"]
 
 
 def test_planner_deadline_is_not_hit_while_actions_move_the_rollout() -> None:

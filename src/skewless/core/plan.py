@@ -206,10 +206,14 @@ class SetWeights:
     """(version, share of new sessions); shares sum to 1."""
     step: int
     kind: Literal["weights"] = "weights"
+    basis: int | None = None
+    """Route-table generation the change was computed from, so that the same weights set
+    twice in one rollout (back and forth) get two keys, while a replay gets the same."""
 
     @property
     def key(self) -> str:
-        return f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        key = f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        return key if self.basis is None else f"{key}@{self.basis}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -582,7 +582,11 @@ class _Fleet:
         steps = self.spec.steps
         step = max(0, sum(1 for s in steps if s <= target_weight + EPS) - 1)
         actions.append(
-            SetWeights(weights=tuple((v, weights[v]) for v in sorted(weights)), step=step)
+            SetWeights(
+                weights=tuple((v, weights[v]) for v in sorted(weights)),
+                step=step,
+                basis=self.snap.table_generation,
+            )
         )
 
     # ---- winding down old versions -------------------------------------------------
@@ -623,6 +627,8 @@ class _Fleet:
         for name in self.active:
             if name == stay or self.weight(name) > EPS:
                 continue
+            if self.versions[name].state is VersionState.RETIRED:
+                continue  # a retired target, revived only while its rollout runs
             self._maybe_retire(name, taking, actions, waits)
         # Retired (or unknown) versions: every instance goes.
         for name, instances in self.by_version.items():
