@@ -353,6 +353,22 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
             else:
                 # Invariant 3: no retirement before idle timeout / max lifetime.
                 assert retirable(view, spec, snap.now), (action, view, snap.now)
+        if isinstance(action, FinishRollout) and action.state is RolloutState.SUCCEEDED:
+            target = views[spec.to_version]
+            assert target.weight == 1.0
+            live = [i for i in snap.instances if i.version == spec.to_version and serving(snap, i)]
+            assert len(live) == spec.instances, "success before the target is fully live"
+            if spec.success_after_retirement:
+                others = [v for v in views.values() if v.version != spec.to_version]
+                assert all(v.state is VersionState.RETIRED for v in others)
+                assert all(
+                    i.version == spec.to_version
+                    for i in snap.instances
+                    if not (
+                        i.desired == "stopped"
+                        and i.state in (InstanceState.STOPPED, InstanceState.FAILED)
+                    )
+                )
         if isinstance(action, SetWeights):
             assert abs(sum(w for _, w in action.weights) - 1.0) < 1e-6
             for name, weight in action.weights:
@@ -449,6 +465,7 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
         rollback_of=old if rollback else None,
+        success_after_retirement=draw(st.booleans()),
     )
     versions = {
         old: Ver(

@@ -112,6 +112,9 @@ class RolloutSpec:
     """Canary analysis thresholds; None: no analysis."""
     drain_timeout: float | None = None
     """Stop a draining instance after this long even with work in flight (None: never)."""
+    success_after_retirement: bool = False
+    """False: succeed when the new version is fully live (old versions keep retiring
+    after success). True: succeed only once every other version is retired and stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -303,9 +303,18 @@ class _Fleet:
         if any(self.weight(v) > EPS for v in self.active if v != self.target):
             return False
         mine = self.target_instances()
-        return len(mine) == self.spec.instances and all(
+        live = len(mine) == self.spec.instances and all(
             is_serving(i) and i.running_version == self.target for i in mine
         )
+        if not live or not self.spec.success_after_retirement:
+            return live
+        # Stricter mode: every other version retired and its processes gone.
+        others_active = any(v != self.target for v in self.active)
+        leftovers = any(
+            occupies_slot(i) and (i.version != self.target or i.desired != "running")
+            for i in self.snap.instances
+        )
+        return not others_active and not leftovers
 
     def success_reason(self) -> str:
         others = [v for v in self.active if v != self.target]
