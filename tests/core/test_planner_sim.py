@@ -599,3 +599,70 @@ def test_planner_sim_replay_proposes_the_same_plan() -> None:
         ),
     )
     assert plan(snap) == plan(replace(snap))
+
+
+def test_planner_sim_story_of_a_rolling_release() -> None:
+    """Three hosts of one slot, v1 on each, load that needs two: the story of v2."""
+    hosts = [HostView(id=f"h{k}", slots=1) for k in range(3)]
+    instances = {f"h{k}/shop/v1/0": _ready(f"h{k}", "v1", 0) for k in range(3)}
+    spec = RolloutSpec(
+        app="shop",
+        to_version="v2",
+        strategy="rolling",
+        instances=3,
+        progress_deadline=600.0,
+        idle_timeout=60.0,
+        max_lifetime=3600.0,
+    )
+    world = World(
+        rng=random.Random(7),
+        spec=spec,
+        hosts=hosts,
+        versions={
+            "v1": Ver(
+                version="v1",
+                capacity=100.0,
+                state=VersionState.LIVE,
+                weight=1.0,
+                load=150.0,
+                sessions=75,
+                last_pinned_at=1000.0,
+                live_since=0.0,
+            ),
+            "v2": Ver(version="v2", capacity=100.0),
+        },
+        instances=instances,
+        chaos=Chaos(),
+        total_load=150.0,
+        base_load=150.0,
+        load_walk=False,
+    )
+    log: list[tuple[float, str]] = []
+    shares: list[float] = []
+    for _ in range(500):
+        snap = world.snapshot()
+        result = plan(snap)
+        check_plan(world, snap, result)
+        if result.settled:
+            break
+        for action in result.actions:
+            log.append((world.now, action.key))
+            if isinstance(action, SetWeights):
+                shares.append(dict(action.weights)["v2"])
+            world.apply(action)
+        world.events()
+    else:
+        raise AssertionError("the story never ended")
+    keys = [k for _, k in log]
+    # 150 req/s * 1.3 needs 2 of v1's 3 instances: one may go first, and only one.
+    assert keys[0] == "drain:h0/shop/v1/0"
+    assert keys.index("start:h0/shop/v2/0") > keys.index("stop:h0/shop/v1/0")
+    # v2's share follows its ready capacity (100 of 195 needed: 51%), then grows.
+    assert shares == sorted(shares) and shares[0] == 0.51 and shares[-1] == 1.0
+    finish = next(t for t, k in log if k == "finish:succeeded")
+    retire = next(t for t, k in log if k == "retire:v1")
+    assert world.retired_at["v1"][1] == "sessions_idle"
+    # v1 went last: its final slot was needed for v2's third instance.
+    assert retire < finish
+    assert world.versions["v1"].last_pinned_at is not None
+    assert retire - world.versions["v1"].last_pinned_at >= spec.idle_timeout
