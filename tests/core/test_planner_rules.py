@@ -568,3 +568,25 @@ def test_planner_strict_success_waits_for_old_versions_to_be_gone() -> None:
     stopped = inst("h1/shop/v1/0", desired="stopped", state=InstanceState.STOPPED, table="absent")
     done = plan(replace(s, versions=retired, instances=(stopped, *LIVE_V2)))
     assert keys(done) == ["finish:succeeded"]
+
+
+def test_planner_abort_under_load_goes_back_as_fast_as_the_old_version_can_carry() -> None:
+    # v2 took every new session; v1 kept one instance for its last sessions. Aborting
+    # must not pour 150 req/s onto that one instance: v1 takes what it carries and grows.
+    versions = (
+        ver("v1", 0.0, load=50.0, sessions=20, last_pinned_at=999.0, weight_zero_since=900.0),
+        ver("v2", 1.0, load=100.0),
+    )
+    s = snap(
+        inst("h1/shop/v1/0"),
+        inst("h1/shop/v2/0"),
+        inst("h2/shop/v2/1"),
+        versions=versions,
+        state=RolloutState.ABORTED,
+        strategy="side-by-side",
+    )
+    result = plan(s)
+    weights = next(a for a in result.actions if isinstance(a, SetWeights))
+    assert dict(weights.weights) == {"v1": 0.51, "v2": 0.49}  # 100 / (150 * 1.3)
+    assert StartInstance(instance_id="h2/shop/v1/0", host="h2", version="v1") in result.actions
+    assert not any(isinstance(a, DrainInstance) for a in result.actions)

@@ -23,9 +23,15 @@ from skewless.core.wording import plural, rps
 class FleetView:
     """Indexes of one ``FleetSnapshot`` (read-only; built once per ``plan`` call)."""
 
-    def __init__(self, snapshot: FleetSnapshot) -> None:
+    def __init__(self, snapshot: FleetSnapshot, *, min_available: int | None = None) -> None:
         self.snap = snapshot
         self.spec = snapshot.rollout
+        self.min_available = (
+            max(0, self.spec.instances - self.spec.max_unavailable)
+            if min_available is None
+            else min_available
+        )
+        """Serving instances the app keeps at least (the max_unavailable rule)."""
         self.now = snapshot.now
         self.target = self.spec.to_version
         self.versions: dict[str, VersionView] = {v.version: v for v in snapshot.versions}
@@ -138,7 +144,7 @@ class DrainBudget:
         self.fleet = fleet
         self.serving = dict(fleet.serving)
         self.available = fleet.available
-        self.min_available = max(0, fleet.spec.instances - fleet.spec.max_unavailable)
+        self.min_available = fleet.min_available
 
     def blocker(self, instance: InstanceView, floor: int) -> str | None:
         """Why ``instance`` may not be drained now (None: it may)."""

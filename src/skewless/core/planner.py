@@ -46,13 +46,15 @@ appear later as their own events, each with its reason (docs/decisions/planner-s
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
 no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason;
-the same plan gives new sessions back to the old version. Sessions already pinned to the
+the same plan starts giving new sessions back to the old version. Sessions already pinned to the
 failed version keep it until idle, like any retirement; an operator rollback
 (``rollback_of``) retires it at once and routers re-pin its sessions.
 
 **Paused**: no actions. **Terminal** (succeeded, failed, aborted, rolled back): settle:
-the *keeper* (the target on success, else the old version) gets all new sessions, others
-are retired by the session rules and their instances drained and stopped.
+the *keeper* (the target on success, else the old version) keeps or gets all new
+sessions, others are retired by the session rules and their instances drained and
+stopped. Going back to an old keeper is planned as a rollout to it, sized for the whole
+load, so that it takes new sessions only as fast as its capacity grows.
 
 Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_down``
 (4-6), ``fleet_view`` (indexes, floors and the drain budget of the capacity guard),
@@ -61,8 +63,10 @@ Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_dow
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from skewless.core.analysis import judge
-from skewless.core.capacity import EPS, is_serving, occupies_slot
+from skewless.core.capacity import EPS, instances_needed, is_serving, occupies_slot
 from skewless.core.fleet_view import Draft, DrainBudget, FleetView
 from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState
 from skewless.core.new_instances import advance_new_instances, start_missing
@@ -114,15 +118,28 @@ def progress(fleet: FleetView) -> Plan:
 
 def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None) -> Plan:
     """After a rollout (or in the plan that ends it): ``keeper`` takes every new session,
-    the other versions wind down. ``settled`` once nothing else is left."""
+    the other versions wind down. ``settled`` once nothing else is left.
+
+    When the rollout did not succeed, the way back to the keeper is itself a rollout
+    (``_back_to``): the keeper takes new sessions as fast as its capacity allows and
+    grows to carry the whole load, so that going back breaks no floor either.
+    """
     draft = Draft()
-    if keeper in fleet.versions and fleet.serving.get(keeper, 0) > 0:
-        weights = {v: 0.0 for v in fleet.active}
-        weights[keeper] = 1.0
-        set_weights(fleet, draft, weights)
+    if keeper != fleet.target and keeper in fleet.versions:
+        back = FleetView(_back_to(fleet, keeper), min_available=fleet.min_available)
+        budget = DrainBudget(back)
+        advance_new_instances(back, draft)
+        start_missing(back, draft, budget)
+        shift_weights(back, draft)
+        wind_down(back, draft, budget, keeper=None)
     else:
-        draft.waits.append(f"{keeper} has no ready instance to take new sessions")
-    wind_down(fleet, draft, DrainBudget(fleet), keeper=keeper)
+        if fleet.serving.get(keeper, 0) > 0:
+            weights = {v: 0.0 for v in fleet.active}
+            weights[keeper] = 1.0
+            set_weights(fleet, draft, weights)
+        else:
+            draft.waits.append(f"{keeper} has no ready instance to take new sessions")
+        wind_down(fleet, draft, DrainBudget(fleet), keeper=keeper)
     if finish is not None:
         draft.actions.append(finish)
         return draft.to_plan(fleet)
@@ -132,6 +149,31 @@ def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None
         if occupies_slot(i)
     )
     return draft.to_plan(fleet, settled=not draft.actions and others_gone)
+
+
+def _back_to(fleet: FleetView, keeper: str) -> FleetSnapshot:
+    """The snapshot of a rollout to ``keeper`` sized for all the load, with no canary
+    steps and no analysis (and, from the caller, the availability rule of the rollout
+    it replaces)."""
+    spec = fleet.spec
+    view = fleet.versions[keeper]
+    has = sum(
+        1
+        for i in fleet.by_version.get(keeper, ())
+        if i.desired == "running" and i.table != "draining"
+    )
+    size = max(1, has, instances_needed(fleet.total_load, view.capacity, spec.headroom))
+    back = replace(
+        spec,
+        to_version=keeper,
+        instances=size,
+        strategy="side-by-side" if spec.strategy == "surge" else spec.strategy,
+        steps=(1.0,),
+        step_interval=0.0,
+        analysis=None,
+        success_after_retirement=False,
+    )
+    return replace(fleet.snap, rollout=back, state=RolloutState.PROGRESSING)
 
 
 def why_failed(fleet: FleetView) -> str | None:
