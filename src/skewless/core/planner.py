@@ -46,9 +46,9 @@ appear later as their own events, each with its reason (docs/decisions/planner-s
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
 no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason;
-the same plan starts giving new sessions back to the old version. Sessions already pinned to the
-failed version keep it until idle, like any retirement; an operator rollback
-(``rollback_of``) retires it at once and routers re-pin its sessions.
+the same plan starts giving new sessions back to the old version. Sessions already
+pinned to the failed version keep it until idle, like any retirement; an operator
+rollback (``rollback_of``) retires it at once and routers re-pin its sessions.
 
 **Paused**: no actions. **Terminal** (succeeded, failed, aborted, rolled back): settle:
 the *keeper* (the target on success, else the old version) keeps or gets all new
