@@ -590,3 +590,29 @@ def test_planner_abort_under_load_goes_back_as_fast_as_the_old_version_can_carry
     assert dict(weights.weights) == {"v1": 0.51, "v2": 0.49}  # 100 / (150 * 1.3)
     assert StartInstance(instance_id="h2/shop/v1/0", host="h2", version="v1") in result.actions
     assert not any(isinstance(a, DrainInstance) for a in result.actions)
+
+
+def test_planner_deadline_spares_a_wait_for_old_sessions_only() -> None:
+    # Full hosts: v2's third instance needs v1's last slot, held by v1's sessions.
+    versions = (
+        ver("v1", 0.0, sessions=3, last_pinned_at=4990.0, weight_zero_since=1000.0),
+        ver("v2", 1.0),
+    )
+    s = snap(
+        inst("h1/shop/v1/0"),
+        *LIVE_V2,
+        versions=versions,
+        hosts={"h1": 2, "h2": 1},
+        instances=3,
+        now=5000.0,
+        last_progress_at=1000.0,
+        max_lifetime=43200.0,
+    )
+    result = plan(s)
+    assert not any(isinstance(a, FinishRollout) for a in result.actions)
+    assert result.waiting_for is not None and "v1 keeps serving its sessions" in result.waiting_for
+    # The same wait with a host running the wrong version is a stuck rollout.
+    wrong = (inst("h1/shop/v1/0"), inst("h1/shop/v2/0"), inst("h2/shop/v2/1", rv="v1"))
+    stuck = plan(replace(s, instances=wrong))
+    assert isinstance(stuck.actions[-1], FinishRollout)
+    assert stuck.actions[-1].state is RolloutState.FAILED

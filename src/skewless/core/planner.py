@@ -45,7 +45,9 @@ keeps retiring them by the same rules (``Plan.settled`` says when nothing is lef
 appear later as their own events, each with its reason (docs/decisions/planner-success.md).
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
-no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason;
+no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason
+(except while the new version takes every new session and only old sessions, bounded by
+``max_lifetime``, hold the slots of its last instances);
 the same plan starts giving new sessions back to the old version. Sessions already
 pinned to the failed version keep it until idle, like any retirement; an operator
 rollback (``rollback_of``) retires it at once and routers re-pin its sessions.
@@ -71,6 +73,7 @@ from skewless.core.fleet_view import Draft, DrainBudget, FleetView
 from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState
 from skewless.core.new_instances import advance_new_instances, start_missing
 from skewless.core.plan import FinishRollout, FleetSnapshot, Plan, RunSmoke
+from skewless.core.retirement import session_retirement
 from skewless.core.weights import set_weights, shift_weights
 from skewless.core.wind_down import wind_down
 from skewless.core.wording import plural
@@ -95,11 +98,26 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     # Smoke checks are proposed again while they run: they alone are no progress.
     moving = any(not isinstance(a, RunSmoke) for a in result.actions)
     deadline = snapshot.rollout.progress_deadline
-    if not moving and elapsed >= deadline:
+    if not moving and elapsed >= deadline and not old_sessions_hold(fleet):
         why = result.waiting_for or "no action possible"
         reason = f"no progress for {elapsed:.0f} s (progress deadline {deadline:g} s): {why}"
         return settle(fleet, fleet.keeper(), finish=_failed(reason))
     return result
+
+
+def old_sessions_hold(fleet: FleetView) -> bool:
+    """The rollout waits only for old versions' sessions to end (their slots hold the
+    last new instances): a wait that ``max_lifetime`` bounds, so no deadline applies."""
+    target = fleet.target
+    if fleet.weight(target) < 1.0 - EPS:
+        return False
+    if not all(is_serving(i) and i.running_version == target for i in fleet.target_instances()):
+        return False
+    return any(
+        fleet.weight(v) <= EPS
+        and session_retirement(fleet.versions[v], fleet.spec, fleet.now).reason is None
+        for v in fleet.old_versions()
+    )
 
 
 def progress(fleet: FleetView) -> Plan:
