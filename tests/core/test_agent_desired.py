@@ -105,3 +105,14 @@ def test_invalid_json_is_a_config_error() -> None:
         parse_desired_json("{")
     with pytest.raises(ConfigError, match="desired state must be a JSON object"):
         parse_desired_json("[]")
+
+
+def test_round_trip_through_json() -> None:
+    from skewless.core.desired import desired_to_json
+
+    doc = copy.deepcopy(GOOD)
+    doc["instances"][0]["artifact"] = {"url": "/tmp/a.tar.gz", "sha256": "A" * 64}
+    doc["instances"][0]["cwd"] = "app"
+    doc["instances"][0]["health"]["status"] = 204
+    state = parse_desired(doc)
+    assert parse_desired(desired_to_json(state)) == state

@@ -223,3 +223,36 @@ def _seconds(raw: object, where: str, minimum: float) -> float:
     if raw > 86400:
         raise ConfigError(f"{where} must be at most 86400 seconds")
     return float(raw)
+
+
+def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
+    """The inverse of parsing: ``parse_desired`` of this gives ``spec`` back."""
+    out: dict[str, object] = {
+        "id": spec.id,
+        "app": spec.app,
+        "version": spec.version,
+        "command": list(spec.command),
+        "env": dict(spec.env),
+        "health": {
+            "path": spec.health.path,
+            "timeout": spec.health.timeout,
+            "interval": spec.health.interval,
+        },
+        "drain_timeout": spec.drain_timeout,
+        "start_timeout": spec.start_timeout,
+        "desired": spec.desired,
+    }
+    if spec.health.status is not None:
+        cast(dict[str, object], out["health"])["status"] = spec.health.status
+    if spec.cwd is not None:
+        out["cwd"] = spec.cwd
+    if spec.artifact is not None:
+        out["artifact"] = {"url": spec.artifact.url, "sha256": spec.artifact.sha256}
+    return out
+
+
+def desired_to_json(state: DesiredState) -> dict[str, object]:
+    return {
+        "generation": state.generation,
+        "instances": [spec_to_json(spec) for spec in state.instances],
+    }
