@@ -165,8 +165,8 @@ class Supervisor:
         self.poke()
 
     def poke(self) -> None:
+        """Reconcile soon (the report goes out if the tick finds it changed)."""
         self._wake.set()
-        self.changed.set()
 
     # ---- adoption --------------------------------------------------------------------
 
@@ -220,6 +220,7 @@ class Supervisor:
         now = self.clock()
         self._notice_exits(now)
         if self.desired is not None:
+            self._refresh_specs()
             actions = decide(
                 self.desired,
                 tuple(i.observed() for i in self.instances.values()),
@@ -233,6 +234,15 @@ class Supervisor:
         if key != self._last_report_key:
             self._last_report_key = key
             self.changed.set()
+
+    def _refresh_specs(self) -> None:
+        """Same release, new details (health path, drain timeout): use them from now on."""
+        assert self.desired is not None
+        for spec in self.desired.instances:
+            inst = self.instances.get(spec.id)
+            if inst and inst.spec != spec and inst.spec.release_key == spec.release_key:
+                inst.spec = spec
+                self._save(inst)
 
     def _apply(self, action: AgentAction, now: float) -> None:
         assert self.desired is not None
@@ -609,7 +619,15 @@ class Supervisor:
             rep["generation"],
             rep["desired_error"],
             tuple(
-                (r["id"], r["state"], r["pid"], r["restarts"], r["reason"], r["address"])
+                (
+                    r["id"],
+                    r["state"],
+                    r["pid"],
+                    r["restarts"],
+                    r["reason"],
+                    r["address"],
+                    (r["health"] or {}).get("ok"),
+                )
                 for r in rep["instances"]
             ),
         )
