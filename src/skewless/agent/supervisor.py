@@ -65,6 +65,8 @@ from skewless.core.supervise import (
 )
 
 S = InstanceState
+PRIVATE_ENV = frozenset({"SKEWLESS_TOKEN"})
+"""The agent's own secrets are not passed on to the apps it runs."""
 STDERR_TAIL = 10
 """Lines of stderr put into a failure reason."""
 
@@ -119,7 +121,8 @@ class Instance:
             alive=self.preparing or self.proc is not None,
             stopping=self.stopping,
             restart_at=self.restart_at,
-            starting_since=self.starting_since,
+            # Fetching an artifact does not count against the start timeout.
+            starting_since=None if self.preparing else self.starting_since,
         )
 
 
@@ -317,7 +320,7 @@ class Supervisor:
                 inst.port = self._allocate_port(inst.id)
             port = str(inst.port)
             argv = [arg.replace("{port}", port) for arg in spec.command]
-            env = dict(os.environ)
+            env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
             env.update({k: v.replace("{port}", port) for k, v in spec.env})
             env["PORT"] = port
             if release_dir is not None:
