@@ -217,7 +217,10 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(health, housekeeping, *self._tasks, return_exceptions=True)
-            await self._client.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     def tick(self) -> None:
         now = self.clock()
