@@ -235,7 +235,14 @@ class Supervisor:
             )
             self.refused = {}
             for action in actions:
-                self._apply(action, now)
+                try:
+                    self._apply(action, now)
+                except SkewlessError as exc:
+                    # One instance's trouble must not stop the supervision of the others.
+                    print(
+                        f"skewless agent: {action.kind} {action.instance_id}: {exc}",
+                        file=sys.stderr,
+                    )
         key = self._report_key()
         if key != self._last_report_key:
             self._last_report_key = key
@@ -289,7 +296,12 @@ class Supervisor:
     def _begin_start(self, spec: InstanceSpec, now: float) -> None:
         inst = self.instances.get(spec.id)
         if inst is None:
-            inst = Instance(id=spec.id, spec=spec, port=self._allocate_port(None))
+            try:
+                port = self._allocate_port(None)
+            except ConfigError as exc:
+                self.refused[spec.id] = Refuse(instance_id=spec.id, reason=str(exc), waiting=False)
+                return
+            inst = Instance(id=spec.id, spec=spec, port=port)
             self.instances[spec.id] = inst
         else:
             if inst.restart_at is not None and inst.spec.release_key == spec.release_key:
