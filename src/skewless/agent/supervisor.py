@@ -82,6 +82,8 @@ class AgentOptions:
     keep_releases: int = 3
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
+    log_retention: float = 86400.0
+    """Seconds the logs of a forgotten instance are kept."""
     tick: float = 0.2
 
 
@@ -527,6 +529,16 @@ class Supervisor:
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(5.0)
+            keep = {self.dir.key(ident) for ident in self.instances}
+            if self.desired is not None:
+                keep |= {self.dir.key(spec.id) for spec in self.desired.instances}
+            await asyncio.to_thread(
+                logs.prune_dirs,
+                self.dir.logs,
+                keep=keep,
+                older_than=self.opts.log_retention,
+                now=self.wall(),
+            )
             for ident in list(self.instances):
                 log_dir = self.dir.log_dir(ident)
                 for stream in logs.STREAMS:
