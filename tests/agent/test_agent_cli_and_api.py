@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from skewless.agent.api import TokenGate
-from skewless.agent.supervisor import AgentOptions, Supervisor
+from skewless.agent.instance import AgentOptions
+from skewless.agent.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 
