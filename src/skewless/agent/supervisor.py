@@ -125,12 +125,22 @@ class Supervisor:
             try:
                 if data is None:
                     raise ConfigError("unreadable record")
-                spec = parse_desired({"instances": [data["spec"]]}).instances[0]
                 pid, start, port = int(data["pid"]), int(data["start_time"]), int(data["port"])
             except (KeyError, TypeError, ValueError, SkewlessError):
                 self.dir.drop_record(ident)
                 continue
             if not is_ours(pid, start):
+                self.dir.drop_record(ident)
+                continue
+            try:
+                spec = parse_desired({"instances": [data["spec"]]}).instances[0]
+            except (KeyError, SkewlessError) as exc:
+                # Ours, but we cannot tell what it runs: never leave it unsupervised.
+                print(
+                    f"skewless agent: {ident}: bad record ({exc}); killing pid {pid}",
+                    file=sys.stderr,
+                )
+                Proc(pid=pid, start_time=start).signal(signal.SIGKILL)
                 self.dir.drop_record(ident)
                 continue
             inst = Instance(
