@@ -616,3 +616,66 @@ def test_planner_deadline_spares_a_wait_for_old_sessions_only() -> None:
     stuck = plan(replace(s, instances=wrong))
     assert isinstance(stuck.actions[-1], FinishRollout)
     assert stuck.actions[-1].state is RolloutState.FAILED
+
+
+# ---- slots and placement -----------------------------------------------------------
+
+
+def test_planner_side_by_side_prefers_hosts_running_the_old_version() -> None:
+    s = snap(
+        inst("h2/shop/v1/0"),
+        inst("h3/shop/v1/0"),
+        strategy="side-by-side",
+        hosts={"h1": 2, "h2": 2, "h3": 2},
+    )
+    assert keys(plan(s)) == ["start:h2/shop/v2/0", "start:h3/shop/v2/0"]
+
+
+def test_planner_no_start_on_a_dead_host_or_a_slot_of_another_app() -> None:
+    s = replace(
+        snap(inst("h1/shop/v1/0"), strategy="side-by-side", instances=1),
+        hosts=(HostView(id="h1", slots=2, alive=False), HostView(id="h2", slots=1)),
+        other_apps_slots={"h2": 1},
+    )
+    result = plan(s)
+    assert result.actions == ()
+    assert result.waiting_for is not None and "needs a free slot for v2" in result.waiting_for
+
+
+def test_planner_rolling_max_surge_uses_free_slots_before_draining() -> None:
+    s = snap(inst("h1/shop/v1/0"), inst("h1/shop/v1/1"), max_surge=1, hosts={"h1": 2, "h2": 2})
+    assert keys(plan(s)) == ["start:h2/shop/v2/0"]
+    no_surge = snap(inst("h1/shop/v1/0"), inst("h1/shop/v1/1"), hosts={"h1": 2, "h2": 2})
+    assert keys(plan(no_surge)) == ["drain:h1/shop/v1/0"]
+
+
+def test_planner_rolling_batch_limits_moves_in_flight() -> None:
+    s = snap(
+        inst("h1/shop/v1/0", table="draining", drain_generation=5, inflight=1),
+        inst("h1/shop/v1/1"),
+        inst("h2/shop/v1/0"),
+        inst("h2/shop/v1/1"),
+        instances=4,
+        max_unavailable=2,
+    )
+    result = plan(s)
+    assert not any(isinstance(a, DrainInstance | StartInstance) for a in result.actions)
+    assert result.waiting_for is not None and "batch of 1 in flight" in result.waiting_for
+
+
+def test_planner_drains_failed_and_unknown_instances_and_target_surplus() -> None:
+    s = snap(
+        inst("h1/shop/v1/0", state=InstanceState.FAILED),
+        inst("h1/shop/v0/0"),  # a version the snapshot does not know
+        inst("h2/shop/v2/0"),
+        inst("h2/shop/v2/1"),
+        inst("h2/shop/v2/2"),
+        versions=(ver("v1", 0.0, state=VersionState.RETIRED), ver("v2", 1.0)),
+        state=RolloutState.SUCCEEDED,
+        hosts={"h1": 2, "h2": 3},
+    )
+    assert set(keys(plan(s))) == {
+        "drain:h1/shop/v1/0",
+        "drain:h1/shop/v0/0",
+        "drain:h2/shop/v2/0",  # three v2 instances, two wanted
+    }
