@@ -332,8 +332,9 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
     stopped = {a.instance_id for a in result.actions if isinstance(a, StopInstance)}
     views = {v.version: v for v in snap.versions}
     active = {v for v, view in views.items() if view.state is not VersionState.RETIRED}
-    if snap.state not in TERMINAL_ROLLOUT_STATES:
-        active.add(spec.to_version)  # a rollout may revive a retired target
+    finishing = any(isinstance(a, FinishRollout) for a in result.actions)
+    if snap.state not in TERMINAL_ROLLOUT_STATES and not finishing:
+        active.add(spec.to_version)  # a running rollout may revive a retired target
     before: dict[str, int] = {}
     after: dict[str, int] = {}
     for inst in snap.instances:
@@ -368,7 +369,7 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
             assert target.weight == 1.0
             live = [i for i in snap.instances if i.version == spec.to_version and serving(snap, i)]
             assert len(live) == spec.instances, "success before the target is fully live"
-            if spec.success_after_retirement:
+            if spec.succeed_when == "retired":
                 others = [v for v in views.values() if v.version != spec.to_version]
                 assert all(v.state is VersionState.RETIRED for v in others)
                 assert all(
@@ -475,7 +476,7 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
         rollback_of=old if rollback else None,
-        success_after_retirement=draw(st.booleans()),
+        succeed_when=draw(st.sampled_from(["retired", "live"])),
         analysis=AnalysisSpec(min_requests=50) if chaos and draw(st.booleans()) else None,
     )
     versions = {

@@ -112,9 +112,11 @@ class RolloutSpec:
     """Canary analysis thresholds; None: no analysis."""
     drain_timeout: float | None = None
     """Stop a draining instance after this long even with work in flight (None: never)."""
-    success_after_retirement: bool = False
-    """False: succeed when the new version is fully live (old versions keep retiring
-    after success). True: succeed only once every other version is retired and stopped."""
+    succeed_when: Literal["retired", "live"] = "retired"
+    """``retired``: the rollout succeeds once the new version is fully live *and* every
+    other version is retired and its instances stopped. ``live``: as soon as the new
+    version is fully live (old versions keep retiring after success, so the engine must
+    keep planning the finished rollout until ``Plan.settled``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,12 +37,13 @@ only proposing actions whose effect the snapshot does not show yet:
 6. **Stops**: a draining instance stops once every router serves the generation that
    drained it and nothing is in flight on it (or ``drain_timeout`` passed).
 
-**Success** is declared when the target is fully live: its ``instances`` instances ready
-in the table running the right version, weight 1.0. Old versions may still be serving
-their pinned sessions then; the engine keeps calling the planner after success, which
-keeps retiring them by the same rules (``Plan.settled`` says when nothing is left).
-``skewless deploy --wait`` thus returns when the new version is live, and retirements
-appear later as their own events, each with its reason (docs/decisions/planner-success.md).
+**Success** is declared when the target is fully live (its ``instances`` instances ready
+in the table running the right version, weight 1.0) and every other version is retired
+with its instances stopped: ``skewless deploy --wait`` returns when the release is
+complete, each retirement having been its own event with its reason. With
+``succeed_when="live"`` success comes as soon as the target is fully live and
+retirement continues afterwards (``Plan.settled`` says when nothing is left); see
+docs/decisions/planner-success.md.
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
 no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason
@@ -89,7 +90,7 @@ def plan(snapshot: FleetSnapshot) -> Plan:
         return Plan(waiting_for="paused", floors=dict(fleet.floors))
     failure = why_failed(fleet)
     if failure is not None:
-        return settle(fleet, fleet.keeper(), finish=_failed(failure))
+        return _fail(snapshot, failure)
     if is_complete(fleet):
         done = FinishRollout(state=RolloutState.SUCCEEDED, reason=_success_reason(fleet))
         return settle(fleet, fleet.target, finish=done)
@@ -101,7 +102,7 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     if not moving and elapsed >= deadline and not old_sessions_hold(fleet):
         why = result.waiting_for or "no action possible"
         reason = f"no progress for {elapsed:.0f} s (progress deadline {deadline:g} s): {why}"
-        return settle(fleet, fleet.keeper(), finish=_failed(reason))
+        return _fail(snapshot, reason)
     return result
 
 
@@ -151,7 +152,7 @@ def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None
         shift_weights(back, draft)
         wind_down(back, draft, budget, keeper=None)
     else:
-        if fleet.serving.get(keeper, 0) > 0:
+        if keeper in fleet.floors and fleet.serving.get(keeper, 0) > 0:
             weights = {v: 0.0 for v in fleet.active}
             weights[keeper] = 1.0
             set_weights(fleet, draft, weights)
@@ -189,7 +190,7 @@ def _back_to(fleet: FleetView, keeper: str) -> FleetSnapshot:
         steps=(1.0,),
         step_interval=0.0,
         analysis=None,
-        success_after_retirement=False,
+        succeed_when="live",
     )
     return replace(fleet.snap, rollout=back, state=RolloutState.PROGRESSING)
 
@@ -219,8 +220,8 @@ def why_failed(fleet: FleetView) -> str | None:
 
 
 def is_complete(fleet: FleetView) -> bool:
-    """The target serves every new session on all its instances (and, in the strict
-    mode, every other version is retired and gone)."""
+    """The target serves every new session on all its instances, and (unless
+    ``succeed_when`` is ``live``) every other version is retired and gone."""
     target = fleet.target
     if target not in fleet.versions or fleet.weight(target) < 1.0 - EPS:
         return False
@@ -230,7 +231,7 @@ def is_complete(fleet: FleetView) -> bool:
     live = len(mine) == fleet.spec.instances and all(
         is_serving(i) and i.running_version == target for i in mine
     )
-    if not live or not fleet.spec.success_after_retirement:
+    if not live or fleet.spec.succeed_when == "live":
         return live
     leftovers = any(
         occupies_slot(i) and (i.version != target or i.desired != "running")
@@ -243,9 +244,13 @@ def _success_reason(fleet: FleetView) -> str:
     reason = f"{fleet.target} live on {plural(fleet.spec.instances, 'instance')}"
     others = fleet.old_versions()
     if others:
-        reason += "; " + ", ".join(others) + " retire when their sessions end"
-    return reason
+        return reason + "; " + ", ".join(others) + " retire when their sessions end"
+    return reason + "; every other version retired"
 
 
-def _failed(reason: str) -> FinishRollout:
-    return FinishRollout(state=RolloutState.FAILED, reason=reason)
+def _fail(snapshot: FleetSnapshot, reason: str) -> Plan:
+    """End the rollout ``failed``: the plan already settles as the ended rollout will."""
+    ended = FleetView(snapshot, ending=True)
+    return settle(
+        ended, ended.keeper(), finish=FinishRollout(state=RolloutState.FAILED, reason=reason)
+    )
