@@ -489,12 +489,12 @@ def test_planner_paused_does_nothing() -> None:
     assert result.actions == () and result.waiting_for == "paused"
 
 
-def test_planner_live_success_while_old_keeps_its_sessions() -> None:
+def test_planner_success_when_new_is_fully_live_while_old_keeps_its_sessions() -> None:
     versions = (
         ver("v1", 0.0, sessions=5, last_pinned_at=999.0, weight_zero_since=990.0),
         ver("v2", 1.0),
     )
-    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=versions, succeed_when="live")
+    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=versions)
     result = plan(s)
     assert result.actions == (
         FinishRollout(
@@ -555,12 +555,12 @@ def test_planner_add_is_proposed_for_each_smoked_instance_only_once_visible() ->
     assert RunSmoke(instance_id="h1/shop/v2/0") not in plan(s).actions
 
 
-def test_planner_success_waits_for_old_versions_to_be_gone() -> None:
+def test_planner_retired_success_waits_for_old_versions_to_be_gone() -> None:
     waiting = (
         ver("v1", 0.0, sessions=5, last_pinned_at=999.0, weight_zero_since=990.0),
         ver("v2", 1.0),
     )
-    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=waiting)
+    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=waiting, succeed_when="retired")
     held = plan(s)
     assert held.actions == ()
     assert held.waiting_for is not None and "v1 keeps serving its sessions" in held.waiting_for

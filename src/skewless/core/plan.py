@@ -112,11 +112,11 @@ class RolloutSpec:
     """Canary analysis thresholds; None: no analysis."""
     drain_timeout: float | None = None
     """Stop a draining instance after this long even with work in flight (None: never)."""
-    succeed_when: Literal["retired", "live"] = "retired"
-    """``retired``: the rollout succeeds once the new version is fully live *and* every
-    other version is retired and its instances stopped. ``live``: as soon as the new
-    version is fully live (old versions keep retiring after success, so the engine must
-    keep planning the finished rollout until ``Plan.settled``)."""
+    succeed_when: Literal["live", "retired"] = "live"
+    """``live``: the rollout succeeds as soon as the new version is fully live; old
+    versions keep retiring after success (the engine keeps planning the finished rollout
+    until ``Plan.settled``). ``retired``: only once every other version is also retired
+    and its instances stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,13 +37,13 @@ only proposing actions whose effect the snapshot does not show yet:
 6. **Stops**: a draining instance stops once every router serves the generation that
    drained it and nothing is in flight on it (or ``drain_timeout`` passed).
 
-**Success** is declared when the target is fully live (its ``instances`` instances ready
-in the table running the right version, weight 1.0) and every other version is retired
-with its instances stopped: ``skewless deploy --wait`` returns when the release is
-complete, each retirement having been its own event with its reason. With
-``succeed_when="live"`` success comes as soon as the target is fully live and
-retirement continues afterwards (``Plan.settled`` says when nothing is left); see
-docs/decisions/planner-success.md.
+**Success** is declared when the target is fully live: its ``instances`` instances ready
+in the table running the right version, weight 1.0. Old versions may still be serving
+their pinned sessions then; the engine keeps calling the planner after success, which
+keeps retiring them by the same rules (``Plan.settled`` says when nothing is left).
+``skewless deploy --wait`` thus returns when the new version is live, and retirements
+appear as their own events, each with its reason. ``succeed_when="retired"`` waits for
+them instead (docs/decisions/planner-success.md).
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
 no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason
@@ -220,8 +220,8 @@ def why_failed(fleet: FleetView) -> str | None:
 
 
 def is_complete(fleet: FleetView) -> bool:
-    """The target serves every new session on all its instances, and (unless
-    ``succeed_when`` is ``live``) every other version is retired and gone."""
+    """The target serves every new session on all its instances (and, with
+    ``succeed_when="retired"``, every other version is retired and gone)."""
     target = fleet.target
     if target not in fleet.versions or fleet.weight(target) < 1.0 - EPS:
         return False
