@@ -353,9 +353,9 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
         )
     # Invariant 3: a version that may still have pinned sessions keeps a ready instance.
     for name in active:
-        if name in views and not retirable(views[name], spec, snap.now):
-            if before.get(name, 0) > 0:
-                assert after.get(name, 0) > 0, f"{name} left without a ready instance"
+        pinned = name in views and not retirable(views[name], spec, snap.now)
+        if pinned and before.get(name, 0) > 0:
+            assert after.get(name, 0) > 0, f"{name} left without a ready instance"
     # Invariant 4: never more than max_unavailable out.
     min_available = max(0, spec.instances - spec.max_unavailable)
     have_all, left_all = sum(before.values()), sum(after.values())
