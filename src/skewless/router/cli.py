@@ -142,6 +142,7 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s skewless router[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         validate(args)
         keys, table = initial_state(args)
@@ -156,6 +157,7 @@ def main(argv: list[str]) -> int:
             ahost, aport = address(args.admin, "--admin")
             try:
                 admin_sock = bind(ahost, aport, reuseport=False)
+                admin_sock.listen(128)  # connections queue until the admin server runs
             except OSError as error:
                 raise UserError(f"--admin {args.admin}: cannot bind: {error.strerror}") from None
     except UserError as error:

@@ -485,7 +485,9 @@ class ClientProtocol(asyncio.Protocol):
         "paused",
         "queue",
         "receiving",
+        "refusal",
         "server",
+        "to_start",
         "transport",
         "tunnel",
         "upgrade_buffer",
@@ -511,6 +513,8 @@ class ClientProtocol(asyncio.Protocol):
         self.closing = False
         self.tunnel: UpstreamProtocol | None = None
         self.upgrade_buffer: list[bytes] | None = None
+        self.refusal: tuple[int, str] | None = None
+        self.to_start: tuple[Exchange, bytes, bytes | None, bytes | None] | None = None
         self.http11 = True
         self.ip = b"unknown"
 
@@ -571,6 +575,7 @@ class ClientProtocol(asyncio.Protocol):
                 if ex is not None:
                     ex.close_after = True
                 self.pause(PAUSE_UPGRADE)
+            self.start_parsed()
             return
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
@@ -585,6 +590,17 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.awaiting_head and self.head_bytes > self.server.max_head:
             self.refuse(431, "request head too large")
+            return
+        if self.to_start is not None:
+            self.start_parsed()
+
+    def start_parsed(self) -> None:
+        pending = self.to_start
+        if pending is not None:
+            self.to_start = None
+            ex, host, cookie, pin_value = pending
+            if self.active is ex and not ex.done:
+                ex.start(host, cookie, pin_value)
 
     def pause_writing(self) -> None:
         conn = self.tunnel or (self.active.conn if self.active is not None else None)
@@ -664,8 +680,10 @@ class ClientProtocol(asyncio.Protocol):
                     break
         self.receiving = ex
         if self.active is None:
+            # Started once this read is parsed: a request whose bytes all came together is
+            # never forwarded if anything in them is bad.
             self.active = ex
-            ex.start(head.host, head.cookie, pin_value)
+            self.to_start = (ex, head.host, head.cookie, pin_value)
         else:
             if self.queue is None:
                 self.queue = deque()
@@ -710,6 +728,9 @@ class ClientProtocol(asyncio.Protocol):
             self.close()
             return
         queue = self.queue
+        if not queue and self.refusal is not None:
+            self.send_refusal()
+            return
         if queue:
             nxt, host, cookie, pin_value = queue.popleft()
             if not queue:
@@ -728,14 +749,20 @@ class ClientProtocol(asyncio.Protocol):
         self.resume(PAUSE_UPGRADE)
 
     def refuse(self, status: int, why: str) -> None:
-        """Bad input: answer ``status`` (unless a response is under way) and close."""
+        """Bad input: answer ``status`` and close, after the exchanges parsed before it.
+
+        If the bad bytes belong to the request being answered, that request is abandoned:
+        if its head already went to an instance, that connection is closed, so the
+        instance never sees a complete request.
+        """
         log.info("refused a request from %s: %d %s", self.ip.decode(), status, why)
         self.pause(PAUSE_QUEUE)
-        if self.active is not None and self.active.response_started:
-            self.active.close_after = True
-            return
-        if self.active is not None:  # still waiting for the instance: give up on it
-            ex = self.active
+        self.refusal = (status, why)
+        pending = self.to_start
+        self.to_start = None
+        ex = self.active
+        if ex is not None and not ex.request_done:
+            ex.done = True
             conn = ex.conn
             ex.conn = None
             if conn is not None:
@@ -743,8 +770,15 @@ class ClientProtocol(asyncio.Protocol):
                 conn.close()
             ex.status = status
             ex.account()
-            ex.done = True
             self.active = None
+        if self.active is None:
+            self.send_refusal()
+        elif pending is not None and pending[0] is self.active:
+            self.active.start(*pending[1:])  # complete and good: answer it, then refuse
+
+    def send_refusal(self) -> None:
+        assert self.refusal is not None
+        status, why = self.refusal
         body = f"{why}\n".encode()
         self.write(
             render(
