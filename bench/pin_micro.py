@@ -91,7 +91,8 @@ def main() -> int:
     print("| path | us per request | target |")
     print("|---|---|---|")
     for name, us, target in results:
-        print(f"| {name} | {us:.2f} | {'<= %g' % target if target else '-'} |")
+        limit = f"<= {target:g}" if target else "-"
+        print(f"| {name} | {us:.2f} | {limit} |")
     print(f"\n{n} iterations each, Python {sys.version.split()[0]}, one process (shared machine).")
     return 0
 
