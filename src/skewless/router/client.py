@@ -186,6 +186,8 @@ class Exchange:
             ):
                 pool = client.rc_pool
                 self.app = app
+                if pin_value is not None:
+                    self.extra = [(app.header_b, pin.token)]
                 version = self.version = pool.version
                 self.version_b = app.versions_b[version]
                 stats = self.stats = app.stats[version]
@@ -237,6 +239,8 @@ class Exchange:
                 pin = server.codec.refresh(pin, now)
                 self.extra = [app.pin_header(pin, now, via_header)]
             else:
+                if via_header:  # header clients get their token back on every response
+                    self.extra = [(app.header_b, pin.token)]
                 client.rc_epoch = server.epoch
                 client.rc_host = head_host
                 client.rc_cookie = cookie
@@ -353,7 +357,14 @@ class Exchange:
         self.response_started = True
         lines = head.forward
         lines.insert(0, b"HTTP/1.1 %d %s" % (status, reason))
-        lines.append(b"Skewless-Version: " + self.version_b)
+        app = self.app
+        if not (
+            self.extra
+            and app is not None
+            and app.header_is_version
+            and any(name is app.header_b for name, _ in self.extra)
+        ):
+            lines.append(b"Skewless-Version: " + self.version_b)
         if self.extra:
             for name, value in self.extra:
                 lines.append(name + b": " + value)

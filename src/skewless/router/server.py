@@ -47,9 +47,10 @@ class Options:
     upstream_timeout: float = 60.0
     """No response head (or no response byte mid-body) from an instance -> 504 / close."""
     connect_timeout: float = 2.0
-    pool_idle: float = 2.0
+    pool_idle: float = 1.5
     """Idle pooled connections are closed after this: shorter than the keep-alive of
-    common app servers (uvicorn: 5 s), so we never write to a connection they closed."""
+    common app servers (uvicorn 5 s, gunicorn 2 s), so we do not write to a connection
+    they closed."""
     max_head: int = 32 * 1024
     eject_after: int = 3
     """Consecutive connect failures that eject an instance (passive)."""
@@ -65,6 +66,7 @@ class AppRuntime:
         "cookie_b",
         "cookie_suffix",
         "header_b",
+        "header_is_version",
         "idle",
         "life",
         "name",
@@ -83,6 +85,9 @@ class AppRuntime:
         self.pin = s.pin
         self.cookie_b = s.cookie.encode()
         self.header_b = s.header.encode()
+        self.header_is_version = s.header.lower() == "skewless-version"
+        """The table named Skewless-Version as its pin header: a header-form client then
+        gets its token there (one header of that name per response)."""
         self.idle = s.idle_timeout
         self.life = s.max_lifetime
         self.refresh = min(60.0, s.idle_timeout / 10.0)
