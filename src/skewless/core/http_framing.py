@@ -95,6 +95,9 @@ class RequestHead(NamedTuple):
     """The value of the first header named in ``capture`` (the pin header), if any."""
 
 
+_new = tuple.__new__
+
+
 class BadRequest(Exception):
     """A message head a proxy must not forward (answer 400 and close)."""
 
@@ -135,7 +138,8 @@ def parse_request_head(
     """Check and split a request head; raise ``BadRequest`` naming the problem."""
     if http_version != "1.1" and http_version != "1.0":
         raise BadRequest(f"HTTP version {http_version} is not supported")
-    check_target(method, url)
+    if url[:1] != b"/" or b" " in url or b"\t" in url:
+        check_target(method, url)
     host: bytes | None = None
     cookie: bytes | None = None
     forward: list[bytes] = []
@@ -184,17 +188,21 @@ def parse_request_head(
         if extra:
             forward = _drop_named(forward, extra)
     close = b"close" in conn or (http_version == "1.0" and b"keep-alive" not in conn)
-    return RequestHead(
-        host,
-        cookie,
-        forward,
-        chunked,
-        length,
-        upgrade_asked and b"upgrade" in conn,
-        close,
-        xff,
-        fwd,
-        captured,
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function
+    return _new(
+        RequestHead,
+        (
+            host,
+            cookie,
+            forward,
+            chunked,
+            length,
+            upgrade_asked and b"upgrade" in conn,
+            close,
+            xff,
+            fwd,
+            captured,
+        ),
     )
 
 
@@ -229,4 +237,4 @@ def parse_response_head(headers: list[tuple[bytes, bytes]], status: int) -> Resp
         extra = conn - STANDARD_CONNECTION_TOKENS
         if extra:
             forward = _drop_named(forward, extra)
-    return ResponseHead(forward, chunked, length, b"close" in conn)
+    return _new(ResponseHead, (forward, chunked, length, b"close" in conn))

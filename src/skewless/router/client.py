@@ -567,6 +567,8 @@ class ClientProtocol(asyncio.Protocol):
         "awaiting_head",
         "chunked",
         "closing",
+        "fwd_host",
+        "fwd_lines",
         "head_bytes",
         "head_size",
         "head_started",
@@ -616,6 +618,8 @@ class ClientProtocol(asyncio.Protocol):
         self.upgrade_buffer: list[bytes] | None = None
         self.refusal: tuple[int, str] | None = None
         self.out: list[bytes] = []
+        self.fwd_host: bytes | None = None
+        self.fwd_lines = b""
         # the route cache of the fast lane in Exchange.start
         self.rc_epoch = -1
         self.rc_host = b""
@@ -767,18 +771,12 @@ class ClientProtocol(asyncio.Protocol):
             chunked or head.content_length > 0,
         )
         # the head we send upstream: forwarded headers + our framing and forwarding
-        ip = self.ip
         out = head.forward
         out.insert(0, method + b" " + url + b" HTTP/1.1")
-        xff = head.xff
-        out.append(b"X-Forwarded-For: " + (xff + b", " + ip if xff else ip))
-        fwd = b'for="' + ip + b'";proto=http'
-        if head.host:
-            fwd += b';host="' + head.host + b'"'
-        out.append(
-            b"X-Forwarded-Proto: http\r\nForwarded: "
-            + (head.forwarded + b", " + fwd if head.forwarded else fwd)
-        )
+        if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
+            out.append(self.fwd_lines)  # the same as this connection's last request
+        else:
+            out.append(self.forwarding(head.host, head.xff, head.forwarded))
         if chunked:
             out.append(b"Transfer-Encoding: chunked")
         elif head.content_length >= 0:
@@ -799,6 +797,23 @@ class ClientProtocol(asyncio.Protocol):
             self.queue.append((ex, head.host, head.cookie, head.captured))
             self.pause(PAUSE_QUEUE)
 
+    def forwarding(self, host: bytes, xff: bytes | None, forwarded: bytes | None) -> bytes:
+        """X-Forwarded-For, X-Forwarded-Proto and Forwarded lines for one request."""
+        ip = self.ip
+        fwd = b'for="' + ip + b'";proto=http'
+        if host:
+            fwd += b';host="' + host + b'"'
+        lines = (
+            b"X-Forwarded-For: "
+            + (xff + b", " + ip if xff else ip)
+            + b"\r\nX-Forwarded-Proto: http\r\nForwarded: "
+            + (forwarded + b", " + fwd if forwarded else fwd)
+        )
+        if xff is None and forwarded is None:
+            self.fwd_host = host
+            self.fwd_lines = lines
+        return lines
+
     def on_body(self, body: bytes) -> None:
         ex = self.receiving
         if ex is not None:
@@ -809,7 +824,12 @@ class ClientProtocol(asyncio.Protocol):
         self.awaiting_head = True
         self.idle_since = self.server.mono
         if ex is not None:
-            ex.request_complete(self.chunked)
+            if self.chunked:
+                ex.request_complete(True)
+            else:
+                ex.request_done = True
+                if ex.response_done:
+                    ex.finish()
 
     # ---- used by Exchange ------------------------------------------------------------
 
