@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from skewless.core.http_framing import BadRequest, ResponseHead, parse_request_head
+from skewless.core.http_framing import (
+    BadRequest,
+    RequestHead,
+    ResponseHead,
+    check_target,
+    parse_request_head,
+)
 from skewless.core.model import VersionState
 from skewless.core.pin import Pin, find_cookie
 from skewless.core.routing import REPINNED, ROUTED, VersionPool, decide, least_outstanding
@@ -576,6 +582,10 @@ class ClientProtocol(asyncio.Protocol):
         "http11",
         "idle_since",
         "ip",
+        "last_capture",
+        "last_head",
+        "last_headers",
+        "last_version",
         "out",
         "parser",
         "paused",
@@ -618,6 +628,10 @@ class ClientProtocol(asyncio.Protocol):
         self.upgrade_buffer: list[bytes] | None = None
         self.refusal: tuple[int, str] | None = None
         self.out: list[bytes] = []
+        self.last_headers: list[tuple[bytes, bytes]] | None = None
+        self.last_version = ""
+        self.last_capture: frozenset[bytes] | None = None
+        self.last_head: RequestHead | None = None
         self.fwd_host: bytes | None = None
         self.fwd_lines = b""
         # the route cache of the fast lane in Exchange.start
@@ -758,7 +772,22 @@ class ClientProtocol(asyncio.Protocol):
         url = self.url
         self.url = b""
         try:
-            head = parse_request_head(headers, version, method, url, server.pin_headers)
+            # Clients repeat their headers on a keep-alive connection (what HPACK
+            # exploits): an identical header list parses to the identical head.
+            if (
+                headers == self.last_headers
+                and version == self.last_version
+                and server.pin_headers is self.last_capture
+            ):
+                head = self.last_head
+                if url[:1] != b"/" or b" " in url or b"\t" in url:
+                    check_target(method, url)
+            else:
+                head = parse_request_head(headers, version, method, url, server.pin_headers)
+                self.last_headers = headers
+                self.last_version = version
+                self.last_capture = server.pin_headers
+                self.last_head = head
         except (BadRequest, ValueError) as error:
             raise Refusal(400, str(error)) from None
         self.http11 = version == "1.1"
@@ -771,8 +800,7 @@ class ClientProtocol(asyncio.Protocol):
             chunked or head.content_length > 0,
         )
         # the head we send upstream: forwarded headers + our framing and forwarding
-        out = head.forward
-        out.insert(0, method + b" " + url + b" HTTP/1.1")
+        out = [method + b" " + url + b" HTTP/1.1", *head.forward]
         if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
             out.append(self.fwd_lines)  # the same as this connection's last request
         else:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from skewless.core.http_framing import BadRequest, parse_response_head
+from skewless.router import clock
 from skewless.router.instance import Instance
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class UpstreamProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        self.last_io = monotonic()
+        self.last_io = clock.mono
         ex = self.ex
         if ex is None:  # nothing asked: an idle connection must stay silent
             self.close()
@@ -70,7 +71,6 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.tunnel:
             ex.client.write(data)
             return
-        ex.response_bytes = True
         client = ex.client
         try:
             self.parser.feed_data(data)
