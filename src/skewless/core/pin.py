@@ -35,8 +35,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from skewless.core.errors import ConfigError
 
@@ -112,7 +113,7 @@ class _PreparedKey:
     the padded key are kept and copied per message (RFC 2104), about 2.5 times faster
     than ``hmac.digest`` with the raw key."""
 
-    __slots__ = ("inner", "outer")
+    __slots__ = ("inner", "outer", "per_app")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) > 64:
@@ -120,20 +121,28 @@ class _PreparedKey:
         padded = secret.ljust(64, b"\0")
         self.inner = hashlib.sha256(padded.translate(_IPAD))
         self.outer = hashlib.sha256(padded.translate(_OPAD))
+        self.per_app: dict[str, Any] = {}
+        """app -> inner state after ``APP\\n``: the app prefix is hashed once too."""
 
     def __repr__(self) -> str:
         return "_PreparedKey(<secret>)"
 
-    def mac(self, app: bytes, body: bytes) -> bytes:
-        inner = self.inner.copy()
-        inner.update(app)
-        inner.update(b"\n")
+    def mac(self, app: str, body: bytes) -> bytes:
+        prefix = self.per_app.get(app)
+        if prefix is None:
+            if len(self.per_app) > 1024:
+                self.per_app.clear()
+            prefix = self.inner.copy()
+            prefix.update(app.encode() + b"\n")
+            self.per_app[app] = prefix
+        inner = prefix.copy()
         inner.update(body)
         outer = self.outer.copy()
         outer.update(inner.digest())
         return binascii.hexlify(outer.digest()[:16])
 
 
+_new_pin = tuple.__new__
 _IPAD = bytes((x ^ 0x36) for x in range(256))
 _OPAD = bytes((x ^ 0x5C) for x in range(256))
 
@@ -172,7 +181,7 @@ class PinCodec:
         iat = seen if issued_at is None else issued_at
         kid = self._signer.key_id
         body = f"s1.{kid}.{sid}.{iat}.{seen}.{version}".encode()
-        token = body + b"." + self._signer_key.mac(app.encode(), body)
+        token = body + b"." + self._signer_key.mac(app, body)
         pin = Pin(
             app=app,
             key_id=kid,
@@ -220,8 +229,6 @@ class PinCodec:
         cache[token] = pin
 
     def _check(self, app: str, token: bytes) -> Pin | None:
-        if not token.isascii():
-            return None
         dot = token.rfind(b".")
         if dot < 0:
             return None
@@ -232,25 +239,18 @@ class PinCodec:
         key = self._verifiers.get(parts[1])
         if key is None:
             return None
-        if not hmac.compare_digest(key.mac(app.encode(), body), token[dot + 1 :]):
+        if not hmac.compare_digest(key.mac(app, body), token[dot + 1 :]):
             return None
-        iat, seen = parts[3], parts[4]
-        # The MAC makes these ours, but a leaked key must not crash the router either.
-        if not (iat.isdigit() and seen.isdigit() and len(iat) <= 12 and len(seen) <= 12):
+        # The MAC makes the rest ours (ASCII, digits where digits go); a leaked key must
+        # still not crash the router, hence the guards.
+        try:
+            issued_at, seen_at = int(parts[3]), int(parts[4])
+            fields = (app, parts[1].decode(), parts[2].decode(), parts[5].decode())
+        except ValueError:  # UnicodeDecodeError is a ValueError
             return None
-        issued_at, seen_at = int(iat), int(seen)
-        if seen_at < issued_at:
+        if seen_at < issued_at or issued_at < 0:
             return None
-        # positional: a NamedTuple is cheapest to build that way
-        return Pin(
-            app,
-            parts[1].decode(),
-            parts[2].decode(),
-            parts[5].decode(),
-            issued_at,
-            seen_at,
-            token,
-        )
+        return _new_pin(Pin, (*fields, issued_at, seen_at, token))
 
 
 def needs_refresh(pin: Pin, now: float, idle_timeout: float) -> bool:
@@ -264,22 +264,21 @@ def cookie_max_age(pin: Pin, now: float, idle_timeout: float, max_lifetime: floa
     return max(0, int(left))
 
 
+_COOKIE_RES: dict[bytes, Callable[[bytes], re.Match[bytes] | None]] = {}
+
+
 def find_cookie(header: bytes, name: bytes) -> bytes | None:
     """The value of cookie ``name`` in a ``Cookie`` header value, or None.
 
     Matches whole names only (``xskewless-shop`` is not ``skewless-shop``); the first
-    occurrence wins; surrounding double quotes are removed.
+    occurrence wins; surrounding double quotes are removed. One compiled regex per name:
+    about twice as fast as slicing by hand.
     """
-    at = header.find(name)
-    while at >= 0:
-        end = at + len(name)
-        if (at == 0 or header[at - 1] in b" ;\t") and header[end : end + 1] == b"=":
-            stop = header.find(b";", end)
-            value = header[end + 1 : stop] if stop >= 0 else header[end + 1 :]
-            if value[-1:] in b' \t"' or value[:1] in b' \t"':
-                value = value.strip()
-                if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
-                    value = value[1:-1]
-            return value
-        at = header.find(name, end)
-    return None
+    search = _COOKIE_RES.get(name)
+    if search is None:
+        if len(_COOKIE_RES) > 256:
+            _COOKIE_RES.clear()
+        pattern = rb"(?:^|[; \t])" + re.escape(name) + rb'=[ \t]*"?([^;" \t]*)'
+        search = _COOKIE_RES[name] = re.compile(pattern).search
+    m = search(header)
+    return m[1] if m is not None else None
