@@ -381,40 +381,43 @@ def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def _read_response(s: socket.socket, buf: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
-    while b"\r\n\r\n" not in buf:
+    data = bytearray(buf)
+    while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
         if not chunk:
-            raise ConnectionError(f"closed before a response head: {buf!r}")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+            raise ConnectionError(f"closed before a response head: {bytes(data)!r}")
+        data += chunk
+    end = data.index(b"\r\n\r\n")
+    lines = bytes(data[:end]).decode("latin-1").split("\r\n")
+    pos = end + 4
     status = int(lines[0].split()[1])
     headers: dict[str, str] = {}
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
-    if "content-length" in headers:
-        n = int(headers["content-length"])
-        while len(rest) < n:
-            chunk = s.recv(65536)
+
+    def need(n: int) -> None:
+        while len(data) < n:
+            chunk = s.recv(1 << 20)
             if not chunk:
                 raise ConnectionError("closed mid-body")
-            rest += chunk
-        return status, headers, rest[:n], rest[n:]
+            data.extend(chunk)
+
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        need(pos + n)
+        return status, headers, bytes(data[pos : pos + n]), bytes(data[pos + n :])
     if headers.get("transfer-encoding") == "chunked":
-        body = b""
+        body = bytearray()
         while True:
-            while b"\r\n" not in rest:
-                rest += s.recv(65536)
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            while len(rest) < size + 2:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed mid-chunk")
-                rest += chunk
-            body += rest[:size]
-            rest = rest[size + 2 :]
+            while data.find(b"\r\n", pos) < 0:
+                need(len(data) + 1)
+            eol = data.index(b"\r\n", pos)
+            size = int(bytes(data[pos:eol]), 16)
+            pos = eol + 2
+            need(pos + size + 2)
+            body += data[pos : pos + size]
+            pos += size + 2
             if size == 0:
-                return status, headers, body, rest
-    return status, headers, rest, b""
+                return status, headers, bytes(body), bytes(data[pos:])
+    return status, headers, bytes(data[pos:]), b""

@@ -433,3 +433,17 @@ def test_least_outstanding_spreads_concurrent_work(
     n1 = len([q for q in b1.app_requests() if q["path"].startswith("/slow")])
     n2 = len([q for q in b2.app_requests() if q["path"].startswith("/slow")])
     assert n1 + n2 == 8 and min(n1, n2) >= 2
+
+
+def test_slow_reader_is_not_an_upstream_timeout(backend_factory: Any, router_factory: Any) -> None:
+    """A client that reads slowly holds the instance back: that is no 504 and no cut."""
+    b = backend_factory("v1")
+    r = router_factory(
+        table([version("v1", 1.0, [instance("i0", b.address)])]), "--upstream-timeout", "0.5"
+    )
+    n = 48 * 1024 * 1024  # more than the socket buffers hold: backpressure engages
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+        s.sendall(f"GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(1.5)  # a client busy elsewhere: the router must wait, not time out
+        status, _, body = read_response(s)
+    assert status == 200 and len(body) == n

@@ -359,6 +359,10 @@ class Exchange:
         self, status: int, reason: bytes, head: ResponseHead, conn: UpstreamProtocol
     ) -> None:
         client = self.client
+        if status == 101 and not self.upgrade:
+            conn.close()
+            self.upstream_failed("the instance switched protocols without being asked")
+            return
         self.status = status
         self.response_started = True
         lines = head.forward
@@ -375,10 +379,6 @@ class Exchange:
             for name, value in self.extra:
                 lines.append(name + b": " + value)
         if status == 101:
-            if not self.upgrade:
-                self.upstream_failed("instance switched protocols without being asked")
-                conn.close()
-                return
             lines.append(b"Connection: Upgrade\r\n\r\n")
             client.write(b"\r\n".join(lines))  # before any tunnel byte
             conn.tunnel = True
@@ -435,6 +435,9 @@ class Exchange:
             conn.ex = None
             if keep_alive and self.request_done and not self.is_head and not conn.closed:
                 conn.last_io = clock.mono
+                if conn.held:
+                    conn.held = False
+                    conn.transport.resume_reading()  # type: ignore[union-attr]
                 idle = instance.idle  # type: ignore[union-attr]
                 if instance.removed or len(idle) >= MAX_IDLE:  # type: ignore[union-attr]
                     conn.close()
@@ -736,13 +739,18 @@ class ClientProtocol(asyncio.Protocol):
                 ex.start(host, cookie, pin_value)
 
     def pause_writing(self) -> None:
+        # A slow client: stop reading the instance. Its silence is then ours, not a
+        # timeout (``held`` tells the sweep).
         conn = self.tunnel or (self.active.conn if self.active is not None else None)
-        if conn is not None and conn.transport is not None:
+        if conn is not None and conn.transport is not None and not conn.closed:
+            conn.held = True
             conn.transport.pause_reading()
 
     def resume_writing(self) -> None:
         conn = self.tunnel or (self.active.conn if self.active is not None else None)
-        if conn is not None and conn.transport is not None:
+        if conn is not None and conn.transport is not None and not conn.closed:
+            conn.held = False
+            conn.last_io = clock.mono
             conn.transport.resume_reading()
 
     # ---- httptools callbacks ---------------------------------------------------------

@@ -307,7 +307,7 @@ class RouterServer:
             ex = client.active
             if ex is not None:
                 conn = ex.conn
-                if conn is not None and now - conn.last_io > o.upstream_timeout:
+                if conn is not None and not conn.held and now - conn.last_io > o.upstream_timeout:
                     log.warning("instance %s timed out on a request", ex.instance_id())
                     ex.timed_out()
             elif client.awaiting_head:
