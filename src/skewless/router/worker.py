@@ -123,9 +123,16 @@ class Worker:
                 self.reload_routes("file changed")
 
     async def tick(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
             self.server.sweep()
+            ticks += 1
+            if ticks % 100 == 0:  # forget sessions idle past their timeout (bounded memory)
+                now = time.time()
+                for rt in self.server.apps.values():
+                    for stats in rt.stats.values():
+                        stats.live_sessions(now, rt.idle)
 
     # ---- life ------------------------------------------------------------------------
 
