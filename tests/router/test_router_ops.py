@@ -255,6 +255,16 @@ def test_workers_share_the_port_and_all_see_reloads(
     wait_for(lambda: sum("generation 2 in force" in x for x in r.lines) == 2, what="both reload")
     for _ in range(20):
         assert httpx.get(f"{r.url}/").json()["name"] == "v2"
+    # a worker that dies is started again; the port keeps answering meanwhile
+    kids = Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children")
+    os.kill(int(children[0]), signal.SIGKILL)
+    wait_for(
+        lambda: len(kids.read_text().split()) == 2 and children[0] not in kids.read_text().split(),
+        what="worker restarted",
+    )
+    assert any("starting it again" in x for x in r.lines)
+    for _ in range(20):  # the new worker serves the table in force, not the first one
+        assert httpx.get(f"{r.url}/").json()["name"] == "v2"
 
 
 def test_sigterm_drains_in_flight_and_exits_zero(backend_factory: Any, router_factory: Any) -> None:

@@ -192,7 +192,7 @@ def supervise(
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
-    def spawn(index: int) -> None:
+    def spawn(index: int, restart: bool = False) -> None:
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -206,7 +206,15 @@ def supervise(
                 mine = admin_sock if index == 0 else None
                 if admin_sock is not None and index != 0:
                     admin_sock.close()
-                code = run_worker(args, index, keys, table, sock, mine)
+                current_keys, current_table = keys, table
+                if restart:  # the files may have changed since the parent read them
+                    try:
+                        current_keys, current_table = initial_state(args)
+                    except UserError as error:
+                        log.error(
+                            "worker %d: %s; using the configuration read at start", index, error
+                        )
+                code = run_worker(args, index, current_keys, current_table, sock, mine)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -227,6 +235,7 @@ def supervise(
     for index in range(args.workers):
         spawn(index)
     worst = 0
+    deaths: list[float] = []
     while children:
         try:
             pid, status = os.wait()
@@ -239,9 +248,17 @@ def supervise(
             continue
         code = os.waitstatus_to_exitcode(status)
         if not stopping:
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < 60] + [now]
+            if len(deaths) > 5:
+                log.error("workers keep dying (%d in a minute): stopping the router", len(deaths))
+                stopping = True
+                worst = 1
+                forward(signal.SIGTERM, None)
+                continue
             log.error("worker %d exited (%d); starting it again", index, code)
             time.sleep(0.5)
-            spawn(index)
+            spawn(index, restart=True)
         else:
             worst = max(worst, code if code > 0 else 0)
     placeholder.close()
