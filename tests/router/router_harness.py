@@ -7,6 +7,7 @@ Backend paths:
   /hang             never answers
   /big?n=N          N bytes, chunked
   /close-mid        promises 1000 bytes, sends 10, closes
+  /close-delimited  no length, no chunks: the body ends when the connection does
   /ws               101 then echoes raw bytes
   /upload           counts and hashes the body, answers {"len", "sha256"}
   anything else     JSON echo: name, method, path, headers
@@ -118,6 +119,11 @@ class _BackendConn(asyncio.Protocol):
                 self.transport.write(b"%x\r\n%s\r\n" % (len(part), part))
                 left -= len(part)
             self.transport.write(b"0\r\n\r\n")
+        elif route == "/close-delimited":
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
+            )
+            self.transport.close()
         elif route == "/close-mid":
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
             self.transport.close()

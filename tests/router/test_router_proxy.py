@@ -447,3 +447,30 @@ def test_slow_reader_is_not_an_upstream_timeout(backend_factory: Any, router_fac
         time.sleep(1.5)  # a client busy elsewhere: the router must wait, not time out
         status, _, body = read_response(s)
     assert status == 200 and len(body) == n
+
+
+def test_close_delimited_response_is_rechunked_for_http11_and_closed_for_http10(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(b"GET /close-delimited HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s)
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        assert body == b"until the end"
+        s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # the client connection lives on
+        assert json.loads(read_response(s)[2])["path"] == "/next"
+    out = raw_exchange(r.port, b"GET /close-delimited HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
+    assert out.endswith(b"\r\n\r\nuntil the end")
+
+
+def test_http10_keep_alive(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        for i in range(3):
+            s.sendall(f"GET /o{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+            status, headers, body = read_response(s)
+            assert headers["connection"] == "keep-alive" and json.loads(body)["path"] == f"/o{i}"
