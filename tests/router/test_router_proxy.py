@@ -473,4 +473,5 @@ def test_http10_keep_alive(backend_factory: Any, router_factory: Any) -> None:
         for i in range(3):
             s.sendall(f"GET /o{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
             status, headers, body = read_response(s)
+            assert status == 200
             assert headers["connection"] == "keep-alive" and json.loads(body)["path"] == f"/o{i}"
