@@ -836,7 +836,8 @@ class ClientProtocol(asyncio.Protocol):
     def forwarding(self, host: bytes, xff: bytes | None, forwarded: bytes | None) -> bytes:
         """X-Forwarded-For, X-Forwarded-Proto and Forwarded lines for one request."""
         ip = self.ip
-        fwd = b'for="' + ip + b'";proto=http'
+        node = b"[" + ip + b"]" if b":" in ip else ip  # RFC 7239: IPv6 in brackets
+        fwd = b'for="' + node + b'";proto=http'
         if host:
             fwd += b';host="' + host + b'"'
         lines = (
