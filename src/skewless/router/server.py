@@ -29,7 +29,8 @@ from skewless.core.pin import Pin, PinCodec, cookie_max_age
 from skewless.core.route_table import EMPTY_TABLE, AppRoute, RouteTable
 from skewless.core.routing import AppPolicy, VersionPool, compile_policy, eligible
 from skewless.router import clock
-from skewless.router.client import ClientProtocol, Exchange
+from skewless.router.client import ClientProtocol
+from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol

@@ -20,7 +20,7 @@ from skewless.router import clock
 from skewless.router.instance import Instance
 
 if TYPE_CHECKING:
-    from skewless.router.client import Exchange
+    from skewless.router.exchange import Exchange
 
 HIGH_WATER = 256 * 1024
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
