@@ -5,8 +5,9 @@ Theory of operation
 -------------------
 httptools parses the client's bytes and calls back: ``on_headers_complete`` checks the
 head (``skewless.core.http_framing``), makes an ``Exchange`` and, if no other exchange is
-being answered on this connection, routes it at once (``Exchange.start``: app by Host,
-pin, version, instance, then an idle pooled connection or a new one). Body bytes are
+being answered on this connection, routes it as soon as the read that completed the
+head is parsed (``Exchange.start``: app by Host, pin, version, instance, then an idle
+pooled connection or a new one), so bad bytes in the same read stop it first. Body bytes are
 written to the instance as they arrive (re-chunked when chunked), or held in a small
 buffer while the connection to the instance is being opened; the client is paused when
 that buffer or the instance's socket buffer is full, so memory stays bounded.
