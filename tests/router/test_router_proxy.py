@@ -478,3 +478,28 @@ def test_http10_keep_alive(backend_factory: Any, router_factory: Any) -> None:
             status, headers, body = read_response(s)
             assert status == 200
             assert headers["connection"] == "keep-alive" and json.loads(body)["path"] == f"/o{i}"
+
+
+def test_expect_100_continue_is_relayed(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += s.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body byte was sent
+        s.sendall(b"hello")
+        status, _, body = read_response(s)
+        assert status == 200 and json.loads(body)["len"] == 5
+
+
+def test_503_with_an_unread_body_closes_instead_of_hanging(router_factory: Any) -> None:
+    r = router_factory(table([version("v1", 1.0, [])]))
+    out = raw_exchange(
+        r.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000
+    )
+    assert out.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in out
+    assert b"Connection: close" in out
