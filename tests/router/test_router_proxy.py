@@ -503,3 +503,16 @@ def test_503_with_an_unread_body_closes_instead_of_hanging(router_factory: Any) 
     )
     assert out.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in out
     assert b"Connection: close" in out
+
+
+def test_junk_pin_header_does_not_discard_a_valid_cookie(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b1, b2 = backend_factory("v1"), backend_factory("v2")
+    r = router_factory(two_versions(b1, b2))
+    with httpx.Client(base_url=r.url) as c:
+        v = c.get("/").headers["skewless-version"]
+        for _ in range(8):
+            resp = c.get("/", headers={"Skewless-Pin": "junk"})
+            assert resp.json()["name"] == v
+            assert resp.headers["skewless-pin"].startswith("s1.")
