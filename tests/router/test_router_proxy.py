@@ -53,6 +53,12 @@ def test_pinned_session_stays_on_its_version_and_new_sessions_split(
     assert seen_first == {"v1", "v2"}
 
 
+def test_secure_cookies_flag(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]), "--secure-cookies")
+    assert "; Secure" in httpx.get(f"{r.url}/").headers["set-cookie"]
+
+
 def test_header_form_pin_round_trips_and_never_sets_cookie(
     backend_factory: Any, router_factory: Any
 ) -> None:
