@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from skewless.router.limits import render_metrics as render_limits
 from skewless.router.metrics import render_prometheus
 from skewless.router.server import RouterServer
 
@@ -60,6 +61,7 @@ def build_app(server: RouterServer, token: str | None) -> Starlette:
         text = render_prometheus(
             stats, instances, server.table.generation, now, server.options.worker
         )
+        text += render_limits(server)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def state(request: Request) -> Response:

@@ -55,6 +55,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--upstream-timeout", type=float, default=60.0, metavar="S", help="then 504")
     p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="a request body must send --body-min-rate x S bytes every S seconds, else 408",
+    )
+    p.add_argument("--body-min-rate", type=float, default=500.0, metavar="B/S", help="default 500")
+    p.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a client that reads nothing of its response for S seconds",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="client connections per worker (capped by RLIMIT_NOFILE); beyond: 503",
+    )
     p.add_argument("--max-header-size", type=int, default=32 * 1024, metavar="B", help="then 431")
     p.add_argument("--watch-interval", type=float, default=1.0, metavar="S", help="file polling")
     p.add_argument(
@@ -88,8 +110,14 @@ def validate(args: argparse.Namespace) -> None:
         "connect_timeout",
         "drain_timeout",
         "watch_interval",
+        "body_timeout",
+        "send_timeout",
     ):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.body_min_rate < 0:
+        raise UserError(f"--body-min-rate must be >= 0 (got {args.body_min_rate})")
+    if args.max_connections < 1:
+        raise UserError(f"--max-connections must be >= 1 (got {args.max_connections})")
     if args.max_header_size < 1024:
         raise UserError("--max-header-size must be at least 1024")
     if args.controller and not args.controller.startswith(("http://", "https://")):
@@ -127,6 +155,24 @@ def bind(host: str, port: int, reuseport: bool) -> socket.socket:
     return sock
 
 
+def fd_budget(args: argparse.Namespace) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (workers inherit it) and cap
+    --max-connections to what it allows, so accept() never runs out of descriptors."""
+    from skewless.router.limits import connection_budget, raise_nofile
+
+    nofile = raise_nofile()
+    allowed = connection_budget(args.max_connections, nofile)
+    if allowed < args.max_connections:
+        log.warning(
+            "--max-connections %d capped to %d per worker by RLIMIT_NOFILE %d "
+            "(two descriptors per client connection plus a reserve)",
+            args.max_connections,
+            allowed,
+            nofile,
+        )
+        args.max_connections = allowed
+
+
 def ephemeral_keys() -> Keyring:
     return Keyring(keys=(SigningKey(key_id="ephemeral", secret=secrets.token_bytes(32)),))
 
@@ -155,6 +201,7 @@ def main(argv: list[str]) -> int:
     try:
         validate(args)
         keys, table = initial_state(args)
+        fd_budget(args)
         host, port = address(args.listen, "--listen")
         try:
             placeholder = bind(host, port, reuseport=True)

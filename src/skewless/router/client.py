@@ -120,7 +120,7 @@ class ClientProtocol(asyncio.Protocol):
         self.head_bytes = 0
         self.head_started = 0.0
         self.awaiting_head = True
-        self.idle_since = clock.mono
+        self.idle_since = clock.mono - server.fresh_shift
         self.active: Exchange | None = None
         self.receiving: Exchange | None = None
         self.chunked = False
@@ -166,6 +166,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.clients.discard(self)
+        self.server.blocked.pop(self, None)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -245,8 +246,11 @@ class ClientProtocol(asyncio.Protocol):
         if conn is not None and conn.transport is not None and not conn.closed:
             conn.held = True
             conn.transport.pause_reading()
+        if self.transport is not None:  # the send timeout runs from now (see sweep)
+            self.server.blocked[self] = [clock.mono, self.transport.get_write_buffer_size()]
 
     def resume_writing(self) -> None:
+        self.server.blocked.pop(self, None)
         conn = self.tunnel or (self.active.conn if self.active is not None else None)
         if conn is not None and conn.transport is not None and not conn.closed:
             conn.held = False

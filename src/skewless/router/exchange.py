@@ -85,6 +85,10 @@ class Exchange:
     sent_at = 0.0
     stats: VersionStats | None = None
     is_head = False
+    body_bytes = 0
+    """Request body bytes received (the sweep's body progress check)."""
+    body_mark_at = 0.0
+    body_mark_bytes = 0
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -107,6 +111,7 @@ class Exchange:
     # ---- request side ----------------------------------------------------------------
 
     def body(self, data: bytes, chunked: bool) -> None:
+        self.body_bytes += len(data)
         parts = (b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,)
         conn = self.conn
         if conn is not None:

@@ -13,7 +13,9 @@ the instance's app, so the per-request path never looks at health at all.
 
 One ``sweep`` every ``TICK`` seconds enforces every timeout (header timeout -> 408, idle
 keep-alive, upstream timeout -> 504, idle pooled connections, ejection expiry) with a
-coarse clock, instead of one timer per request.
+coarse clock, instead of one timer per request. Against slow clients (see
+``skewless.router.limits``) it also checks request body progress (408), response send
+progress of clients that stopped reading (close), and expires shed connections.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from skewless.router import clock
 from skewless.router.client import ClientProtocol
 from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
+from skewless.router.limits import Counters, ShedProtocol
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
 
@@ -60,6 +63,14 @@ class Options:
     worker: int = 0
     secure_cookies: bool = False
     """Mark pin cookies ``Secure`` (the router sits behind a TLS terminator)."""
+    body_timeout: float = 20.0
+    """A request body must make progress within each window this long (else 408)."""
+    body_min_rate: float = 500.0
+    """Bytes per second a request body must average over each ``body_timeout`` window."""
+    send_timeout: float = 30.0
+    """A client that does not read its response for this long is disconnected."""
+    max_connections: int = 10_000
+    """Client connections per worker; beyond it new ones get a quick 503."""
 
 
 class AppRuntime:
@@ -140,6 +151,14 @@ class RouterServer:
         self.host_cache: dict[bytes, AppRuntime | None] = {}
         self.pin_headers: frozenset[bytes] = frozenset()
         self.clients: set[ClientProtocol] = set()
+        self.shedding: dict[ShedProtocol, None] = {}
+        self.blocked: dict[ClientProtocol, list[float]] = {}
+        """Clients that stopped reading -> [time of last send progress, bytes buffered]."""
+        self.counters = Counters()
+        self.fresh_shift = max(0.0, options.keepalive_timeout - options.header_timeout)
+        """A new connection's first request head is due within the header timeout, not
+        the keep-alive timeout: it starts out this much idle already."""
+        self.body_need = max(1.0, options.body_min_rate * options.body_timeout)
         self.draining = False
         self.epoch = 0
         """Bumped whenever routing may change (table, health, keys): per-connection route
@@ -277,6 +296,14 @@ class RouterServer:
     def connect_ok(self, inst: Instance) -> None:
         inst.consecutive_failures = 0
 
+    def accept(self) -> asyncio.Protocol:
+        """The listener's protocol factory: a client, or a quick 503 over the limit."""
+        if len(self.clients) >= self.options.max_connections:
+            return ShedProtocol(self)
+        client = ClientProtocol(self)
+        self.clients.add(client)  # counted now: a burst of accepts cannot overshoot
+        return client
+
     # ---- connecting ------------------------------------------------------------------
 
     def open_upstream(self, ex: Exchange) -> None:
@@ -309,20 +336,42 @@ class RouterServer:
         clock.advance()
         now = self.mono = clock.mono
         o = self.options
+        timeouts = self.counters.timeouts
         for client in list(self.clients):
             if client.closing or client.tunnel is not None:
                 continue
             ex = client.active
             if ex is not None:
+                if ex.has_body and not ex.request_done and not ex.done:
+                    if client.paused:  # the router holds the body back, not the client
+                        ex.body_mark_at = 0.0
+                    elif not ex.body_mark_at:
+                        ex.body_mark_at = now
+                        ex.body_mark_bytes = ex.body_bytes
+                    elif now - ex.body_mark_at > o.body_timeout:
+                        if ex.body_bytes - ex.body_mark_bytes < self.body_need:
+                            timeouts["body"] += 1
+                            self.body_timed_out(client, ex)
+                            continue
+                        ex.body_mark_at = now
+                        ex.body_mark_bytes = ex.body_bytes
                 conn = ex.conn
                 if conn is not None and not conn.held and now - conn.last_io > o.upstream_timeout:
                     log.warning("instance %s timed out on a request", ex.instance_id())
+                    timeouts["upstream"] += 1
                     ex.timed_out()
             elif client.awaiting_head:
                 if client.head_bytes and now - client.head_started > o.header_timeout:
+                    timeouts["header"] += 1
                     client.refuse(408, "request head not received in time")
                 elif not client.head_bytes and now - client.idle_since > o.keepalive_timeout:
+                    timeouts["idle"] += 1
                     client.close()
+        if self.blocked:
+            self.sweep_blocked(now)
+        if self.shedding:
+            for shed in list(self.shedding):
+                shed.expire(now)
         horizon = now - o.pool_idle
         changed = set()
         for inst in self.instances.values():
@@ -334,6 +383,35 @@ class RouterServer:
                 changed.add(inst.app)
         for app in changed:
             self.recompile(app)
+
+    def body_timed_out(self, client: ClientProtocol, ex: Exchange) -> None:
+        """A request body too slow: 408 and close; the instance's connection is closed
+        (never reused), so the instance sees an aborted request, never a complete one."""
+        log.info("request body from %s too slow: 408", client.ip.decode())
+        if ex.response_started:  # the instance answered early: no room for a 408
+            conn = ex.conn
+            ex.conn = None
+            if conn is not None:
+                conn.ex = None
+                conn.close()
+            client.abort()
+        else:
+            client.refuse(408, "request body not received in time")
+
+    def sweep_blocked(self, now: float) -> None:
+        """Clients that stopped reading: closed once nothing was sent for send_timeout."""
+        limit = self.options.send_timeout
+        for client, mark in list(self.blocked.items()):
+            transport = client.transport
+            size = transport.get_write_buffer_size() if transport is not None else 0
+            if size < mark[1]:
+                mark[0] = now
+                mark[1] = size
+            elif now - mark[0] > limit:
+                del self.blocked[client]
+                self.counters.timeouts["send"] += 1
+                log.info("client %s did not read its response in time: closed", client.ip.decode())
+                client.abort()
 
     def busy(self) -> int:
         """Exchanges and tunnels still in flight (for the drain)."""

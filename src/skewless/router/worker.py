@@ -21,7 +21,6 @@ from skewless.core.errors import ConfigError
 from skewless.core.pin import PinCodec
 from skewless.core.route_table import RouteTable
 from skewless.router import health
-from skewless.router.client import ClientProtocol
 from skewless.router.server import TICK, Options, RouterServer
 from skewless.router.sources import default_state_dir, load_keys, load_routes, signature
 
@@ -51,6 +50,10 @@ class Worker:
             drain_timeout=args.drain_timeout,
             worker=index,
             secure_cookies=args.secure_cookies,
+            body_timeout=args.body_timeout,
+            body_min_rate=args.body_min_rate,
+            send_timeout=args.send_timeout,
+            max_connections=args.max_connections,
         )
         self.server = RouterServer(codec, options)
         self.initial = table
@@ -174,9 +177,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        listener = await loop.create_server(
-            lambda: ClientProtocol(server), sock=self.sock, backlog=4096
-        )
+        listener = await loop.create_server(server.accept, sock=self.sock, backlog=4096)
         self.spawn(self.tick(), "tick")
         if args.routes or args.keys:
             self.spawn(self.watch_files(), "watch-files")
