@@ -302,6 +302,41 @@ def test_slow_reader_is_closed_after_the_send_timeout_with_bounded_memory(
     assert normal_get(r) == 200
 
 
+def test_clients_not_reading_share_a_bounded_buffer(
+    backend: SlowBackend, router_factory: Any
+) -> None:
+    limit = 1024 * 1024
+    r = start(router_factory, backend, "--send-buffer-limit", str(limit), "--send-timeout", "300")
+    n = 16 * 1024 * 1024
+    readers = []
+    try:
+        for _ in range(8):  # each holds more than 256 KiB once it blocks: 8 pass the limit
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", r.port))
+            s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+            readers.append(s)
+
+        def settled() -> bool:  # every reader blocked or cut
+            blocked = metric(r, "skewless_client_send_blocked")
+            return blocked + metric(r, "skewless_timeouts_total", 'kind="buffer"') == 8
+
+        wait_for(settled, 20, "all readers to block")
+        assert metric(r, "skewless_timeouts_total", 'kind="buffer"') >= 1
+        assert metric(r, "skewless_timeouts_total", 'kind="send"') == 0
+        wait_for(lambda: metric(r, "skewless_client_buffered_bytes") <= limit, 10, "the bound")
+        cut = int(metric(r, "skewless_timeouts_total", 'kind="buffer"'))
+        wait_for(
+            lambda: sum(q["closed"] for q in backend.seen if q["path"].startswith("/big")) >= cut,
+            10,
+            "the cut clients' instance connections to be closed",
+        )
+    finally:
+        for s in readers:
+            s.close()
+    assert normal_get(r) == 200
+
+
 # ---- connection limit and descriptors ----------------------------------------------
 
 

@@ -71,6 +71,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="close a client that reads nothing of its response for S seconds",
     )
     p.add_argument(
+        "--send-buffer-limit",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="B",
+        help="bytes buffered for clients not reading, per worker; beyond: cut the slowest",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=10_000,
@@ -116,6 +123,10 @@ def validate(args: argparse.Namespace) -> None:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.body_min_rate < 0:
         raise UserError(f"--body-min-rate must be >= 0 (got {args.body_min_rate})")
+    if args.send_buffer_limit < 1024 * 1024:
+        raise UserError(
+            f"--send-buffer-limit must be at least 1048576 (got {args.send_buffer_limit})"
+        )
     if args.max_connections < 1:
         raise UserError(f"--max-connections must be >= 1 (got {args.max_connections})")
     if args.max_header_size < 1024:

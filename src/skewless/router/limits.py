@@ -43,7 +43,7 @@ SHED_MAX = 256
 """Shed connections lingering at once; beyond this an excess connection is reset."""
 SHED_DISCARD = 64 * 1024
 """Bytes a shed connection may send us (discarded) before it is reset."""
-TIMEOUT_KINDS = ("header", "body", "send", "idle", "upstream")
+TIMEOUT_KINDS = ("header", "body", "send", "buffer", "idle", "upstream")
 
 SHED_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -156,7 +156,8 @@ def render_metrics(server: RouterServer) -> str:
         "# TYPE skewless_shed_connections_total counter",
         f"skewless_shed_connections_total{{{w}}} {c.shed}",
         "# HELP skewless_timeouts_total Connections cut by a timer, by kind "
-        "(header/body: 408; send: client not reading; idle: keep-alive; upstream: 504).",
+        "(header/body: 408; send: client not reading; buffer: clients not reading held "
+        "too much; idle: keep-alive; upstream: 504).",
         "# TYPE skewless_timeouts_total counter",
     ]
     for kind in TIMEOUT_KINDS:

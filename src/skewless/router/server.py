@@ -69,6 +69,9 @@ class Options:
     """Bytes per second a request body must average over each ``body_timeout`` window."""
     send_timeout: float = 30.0
     """A client that does not read its response for this long is disconnected."""
+    send_buffer_limit: int = 64 * 1024 * 1024
+    """Response bytes buffered for clients that stopped reading, per worker: beyond it,
+    the client without progress for longest is disconnected."""
     max_connections: int = 10_000
     """Client connections per worker; beyond it new ones get a quick 503."""
 
@@ -399,19 +402,37 @@ class RouterServer:
             client.refuse(408, "request body not received in time")
 
     def sweep_blocked(self, now: float) -> None:
-        """Clients that stopped reading: closed once nothing was sent for send_timeout."""
+        """Clients that stopped reading: closed once nothing was sent for send_timeout,
+        or, when what they hold together passes send_buffer_limit, the ones without
+        progress for longest first (each also pins kernel socket buffers on both sides)."""
         limit = self.options.send_timeout
+        timeouts = self.counters.timeouts
+        total = 0
         for client, mark in list(self.blocked.items()):
             transport = client.transport
             size = transport.get_write_buffer_size() if transport is not None else 0
             if size < mark[1]:
                 mark[0] = now
-                mark[1] = size
-            elif now - mark[0] > limit:
+            mark[1] = size
+            if now - mark[0] > limit:
                 del self.blocked[client]
-                self.counters.timeouts["send"] += 1
+                timeouts["send"] += 1
                 log.info("client %s did not read its response in time: closed", client.ip.decode())
                 client.abort()
+            else:
+                total += size
+        budget = self.options.send_buffer_limit
+        if total > budget:
+            cut = 0
+            for client, mark in sorted(self.blocked.items(), key=lambda item: item[1][0]):
+                if total <= budget:
+                    break
+                total -= int(mark[1])
+                del self.blocked[client]
+                cut += 1
+                client.abort()
+            timeouts["buffer"] += cut
+            log.info("clients not reading held over %d bytes: cut %d of them", budget, cut)
 
     def busy(self) -> int:
         """Exchanges and tunnels still in flight (for the drain)."""

@@ -53,6 +53,7 @@ class Worker:
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
             send_timeout=args.send_timeout,
+            send_buffer_limit=args.send_buffer_limit,
             max_connections=args.max_connections,
         )
         self.server = RouterServer(codec, options)
