@@ -34,7 +34,7 @@ from skewless.router import clock
 from skewless.router.client import ClientProtocol
 from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
-from skewless.router.limits import Counters, ShedProtocol
+from skewless.router.limits import Counters, ShedProtocol, reset
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
 
@@ -418,7 +418,7 @@ class RouterServer:
                 del self.blocked[client]
                 timeouts["send"] += 1
                 log.info("client %s did not read its response in time: closed", client.ip.decode())
-                client.abort()
+                self.cut(client)
             else:
                 total += size
         budget = self.options.send_buffer_limit
@@ -430,9 +430,15 @@ class RouterServer:
                 total -= int(mark[1])
                 del self.blocked[client]
                 cut += 1
-                client.abort()
+                self.cut(client)
             timeouts["buffer"] += cut
             log.info("clients not reading held over %d bytes: cut %d of them", budget, cut)
+
+    def cut(self, client: ClientProtocol) -> None:
+        """Disconnect a client that does not read, with a reset (see ``limits.reset``)."""
+        client.out = []
+        client.closing = True
+        reset(client.transport)
 
     def busy(self) -> int:
         """Exchanges and tunnels still in flight (for the drain)."""
