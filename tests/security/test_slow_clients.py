@@ -302,6 +302,32 @@ def test_slow_reader_is_closed_after_the_send_timeout_with_bounded_memory(
     assert normal_get(r) == 200
 
 
+def test_closing_connections_to_clients_not_reading_are_released(
+    backend: SlowBackend, router_factory: Any
+) -> None:
+    # Responses then close: the router's close waits for its write buffer to drain,
+    # which a client that reads nothing never lets happen. Whatever the kernel takes,
+    # some of these sizes leave the router holding less than its high-water mark.
+    r = start(router_factory, backend, "--send-timeout", "1")
+    sizes = range(1 << 20, 6 << 20, 128 << 10)
+    readers = []
+    try:
+        for n in sizes:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", r.port))
+            s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % n)
+            readers.append(s)
+        wait_for(lambda: len(backend.seen) == len(sizes), 20, "every request")
+        wait_for(
+            lambda: metric(r, "skewless_client_connections") == 0, 30, "every connection released"
+        )
+    finally:
+        for s in readers:
+            s.close()
+    assert normal_get(r) == 200
+
+
 def test_clients_not_reading_share_a_bounded_buffer(
     backend: SlowBackend, router_factory: Any
 ) -> None:

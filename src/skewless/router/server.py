@@ -340,8 +340,16 @@ class RouterServer:
         now = self.mono = clock.mono
         o = self.options
         timeouts = self.counters.timeouts
+        blocked = self.blocked
         for client in list(self.clients):
             if client.closing or client.tunnel is not None:
+                if client.closing and client not in blocked:
+                    # a close waits for the write buffer to drain: give a client that
+                    # reads nothing the send timeout, even under the high-water mark
+                    transport = client.transport
+                    size = transport.get_write_buffer_size() if transport is not None else 0
+                    if size:
+                        blocked[client] = [now, size]
                 continue
             ex = client.active
             if ex is not None:
