@@ -74,6 +74,10 @@ class Exchange:
     extra: list[tuple[bytes, bytes]] | None = None
     tried: list[Instance] | None = None
     attempts = 0
+    body_bytes = 0
+    """Request body bytes received (the sweep's body progress check)."""
+    body_mark_at = 0.0
+    body_mark_bytes = 0
     request_done = False
     response_started = False
     response_done = False
@@ -85,10 +89,6 @@ class Exchange:
     sent_at = 0.0
     stats: VersionStats | None = None
     is_head = False
-    body_bytes = 0
-    """Request body bytes received (the sweep's body progress check)."""
-    body_mark_at = 0.0
-    body_mark_bytes = 0
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
