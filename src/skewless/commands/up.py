@@ -48,6 +48,8 @@ START_TIMEOUT = 30.0
 RESTART_LIMIT = 5
 """More restarts than this within RESTART_WINDOW seconds stops the fleet."""
 RESTART_WINDOW = 60.0
+FIRST_INSTANCE_PORT = 20000
+PORTS_PER_HOST = 150
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,7 +230,8 @@ class Fleet:
                 cwd=router_dir,
             )
         )
-        for host_id in self.hosts:
+        for n, host_id in enumerate(self.hosts):
+            low = FIRST_INSTANCE_PORT + n * PORTS_PER_HOST
             host_dir = self.layout.host(host_id)
             host_dir.mkdir(parents=True, exist_ok=True)
             self.children.append(
@@ -247,6 +250,13 @@ class Fleet:
                         host_id,
                         "--slots",
                         str(self.slots),
+                        # Disjoint port ranges: agents of one machine never race for a port.
+                        "--ports",
+                        f"{low}-{low + PORTS_PER_HOST - 1}",
+                        "--report-interval",
+                        "1",
+                        # Ctrl-C means the whole fleet; the subreaper is the backstop.
+                        "--stop-instances-on-exit",
                     ],
                     log=logs / f"{host_id}.log",
                     env=env,
