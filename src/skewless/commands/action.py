@@ -30,12 +30,20 @@ def describe(verb: str, app: str, answer: Any) -> str:
 def run_action(verb: str, argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=f"skewless {verb}", description=SUMMARY[verb])
     p.add_argument("app", metavar="APP")
+    if verb == "rollback":
+        p.add_argument(
+            "--keep-sessions",
+            action="store_true",
+            help="the release is not broken: its pinned sessions stay on it until idle "
+            "(default: they are re-pinned to the previous release)",
+        )
     add_target_arguments(p)
     args = p.parse_args(argv)
 
     def body() -> int:
+        request = {"broken": False} if getattr(args, "keep_sessions", False) else None
         with Controller(target_from_args(args)) as api:
-            answer = api.post(f"/v1/apps/{args.app}/{verb}")
+            answer = api.post(f"/v1/apps/{args.app}/{verb}", request)
         print(describe(verb, args.app, answer))
         return 0
 

@@ -22,12 +22,18 @@ from skewless.core.errors import SkewlessError, UpstreamError
 
 
 def last_event_id(api: Controller, app: str) -> Any:
+    """The id of the app's latest event (pages through the log, a bounded number of times)."""
+    after: Any = None
     try:
-        answer = api.get("/v1/events", params={"app": app, "wait": 0})
-        events = render.unwrap(answer, "events")
+        for _ in range(1000):
+            answer = api.get("/v1/events", params={"app": app, "after": after, "wait": 0})
+            events = render.unwrap(answer, "events")
+            if not events:
+                break
+            after = events[-1].get("id", after)
     except SkewlessError:
-        return None
-    return events[-1].get("id") if events else None
+        return after
+    return after
 
 
 def is_ours(rollout: Any, *, version: str, rollout_id: Any) -> bool:

@@ -113,7 +113,7 @@ def app_status(status: Mapping[str, Any]) -> RenderableType:
 
 def apps_table(apps: list[Any]) -> Table:
     table = Table(expand=False)
-    for column in ("app", "versions (weight)", "instances", "rollout", "to", "reason"):
+    for column in ("app", "current", "versions (weight)", "rollout", "to", "reason"):
         table.add_column(column)
     for app in apps:
         if isinstance(app, str):
@@ -125,12 +125,11 @@ def apps_table(apps: list[Any]) -> Table:
             for v in versions
             if v.get("state") != "retired"
         )
-        count = sum(len(v.get("instances") or []) for v in versions)
         rollout = app.get("rollout") or {}
         table.add_row(
             dash(app.get("app", app.get("name"))),
+            dash(app.get("version")),
             shown or "-",
-            str(count),
             styled(rollout.get("state")) if rollout else Text("-"),
             dash(rollout.get("to")),
             dash(rollout.get("reason")),
@@ -156,6 +155,10 @@ def hosts_table(hosts: list[Any]) -> Table:
         instances = h.get("instances")
         count = len(instances) if isinstance(instances, list) else instances
         alive = h.get("alive")
+        applied, desired = h.get("applied_generation"), h.get("desired_generation")
+        generation = (
+            f"{dash(applied)}/{dash(desired)}" if desired is not None else dash(h.get("generation"))
+        )
         table.add_row(
             dash(h.get("id", h.get("host_id"))),
             Text(
@@ -164,23 +167,24 @@ def hosts_table(hosts: list[Any]) -> Table:
             ),
             dash(h.get("slots")),
             dash(count),
-            dash(h.get("generation")),
-            clock(h.get("last_report", h.get("last_seen", h.get("reported_at")))),
+            generation,
+            clock(h.get("last_report_at", h.get("last_report"))),
         )
     return table
 
 
 def releases_table(releases: list[Any]) -> Table:
     table = Table(expand=False)
-    for column in ("version", "created", "state", "strategy", "command"):
+    for column in ("version", "created", "state", "weight", "command"):
         table.add_column(column)
     for r in releases:
+        spec = r.get("spec") if isinstance(r.get("spec"), dict) else {}
         table.add_row(
             dash(r.get("version")),
             clock(r.get("created_at", r.get("created"))),
             styled(r.get("state")),
-            dash(r.get("strategy")),
-            dash(r.get("command")),
+            dash(r.get("weight")),
+            dash(spec.get("command", r.get("command"))),
         )
     return table
 
