@@ -111,12 +111,15 @@ def test_stop_event_ends_a_run_from_python_and_recorder_reads_windows(wizard: Wi
         config = LoadConfig(url=f"http://{addr}/", users=3, duration=60, think=0.01)
         run = asyncio.create_task(run_load(config, stop=stop, recorder=rec))
         deadline = asyncio.get_running_loop().time() + 30
-        while rec.summary().sessions_completed < 5:
+        while rec.completed < 5:
             assert asyncio.get_running_loop().time() < deadline, "no sessions completed"
             await asyncio.sleep(0.05)
         stop.set()
         summary = await run
         window = rec.summary(start=0.0, end=rec.now())
+        assert rec.completed == summary.sessions_completed
+        assert rec.errors == summary.errors == 0 and rec.mixed == 0
+        assert "serving: v2" in rec.progress()
         return summary.sessions_completed, window.requests - summary.requests
 
     completed, difference = asyncio.run(scenario())

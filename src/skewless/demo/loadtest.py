@@ -103,19 +103,56 @@ def _is_loopback(host: str) -> bool:
 
 
 class Recorder:
-    """The records of one run, readable (``summary``) while the run goes on."""
+    """The records of one run, readable (``summary``) while the run goes on.
+
+    ``errors``, ``mixed``, ``completed`` and ``last_versions`` are running counters for
+    progress displays (``summary`` recomputes everything from the records).
+    """
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.requests: list[RequestRecord] = []
         self.sessions: dict[int, SessionRecord] = {}
+        self.errors = 0
+        self.mixed = 0
+        self.completed = 0
+        self.last_versions: dict[str, float] = {}
+        """Version -> when (``now()``) it last answered."""
 
     def __repr__(self) -> str:
-        return f"<Recorder requests={len(self.requests)} sessions={len(self.sessions)}>"
+        return (
+            f"<Recorder requests={len(self.requests)} sessions={len(self.sessions)}"
+            f" errors={self.errors} mixed={self.mixed}>"
+        )
 
     def now(self) -> float:
         """Seconds since the run began (the records' time axis)."""
         return time.monotonic() - self.t0
+
+    def add_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+        if record.failed:
+            self.errors += 1
+        if record.version is not None:
+            self.last_versions[record.version] = record.at
+
+    def set_session(self, record: SessionRecord) -> None:
+        before = self.sessions.get(record.id)
+        self.sessions[record.id] = record
+        if record.mixed and not (before and before.mixed):
+            self.mixed += 1
+        if record.outcome == "completed" and not (before and before.outcome == "completed"):
+            self.completed += 1
+
+    def progress(self) -> str:
+        """One line: elapsed time, visits, requests, errors, mixed sessions, live versions."""
+        now = self.now()
+        live = sorted(v for v, at in self.last_versions.items() if now - at < 2.0)
+        return (
+            f"{now:6.1f}s  visits {len(self.sessions)} (completed {self.completed})"
+            f"  requests {len(self.requests)}  errors {self.errors}"
+            f"  mixed sessions {self.mixed}  serving: {', '.join(live) or '-'}"
+        )
 
     def summary(self, start: float = 0.0, end: float = math.inf) -> FlowSummary:
         return summarize(self.requests, list(self.sessions.values()), start=start, end=end)
@@ -196,8 +233,8 @@ class _Run:
     async def visit(self, client: httpx.AsyncClient, uid: int, sid: int) -> None:
         rec = self.rec
         versions: list[str] = []
-        rec.sessions[sid] = SessionRecord(
-            id=sid, user=uid, started=rec.now(), ended=None, outcome="running"
+        rec.set_session(
+            SessionRecord(id=sid, user=uid, started=rec.now(), ended=None, outcome="running")
         )
         method, url, data = "GET", urljoin(self.config.url, "/"), None
         outcome = "failed"
@@ -222,10 +259,10 @@ class _Run:
                     at=at, session=sid, status=0, latency=rec.now() - at, error=_error_kind(exc)
                 )
                 response = None
-            rec.requests.append(record)
+            rec.add_request(record)
             if record.version is not None and record.version not in versions:
                 versions.append(record.version)
-                rec.sessions[sid] = replace(rec.sessions[sid], versions=tuple(versions))
+                rec.set_session(replace(rec.sessions[sid], versions=tuple(versions)))
             if response is None or record.failed:
                 break
             location = response.headers.get("location")
@@ -245,8 +282,8 @@ class _Run:
             if method == "GET":
                 url = str(httpx.URL(url).copy_merge_params(data))
                 data = None
-        rec.sessions[sid] = replace(
-            rec.sessions[sid], ended=rec.now(), outcome=outcome, versions=tuple(versions)
+        rec.set_session(
+            replace(rec.sessions[sid], ended=rec.now(), outcome=outcome, versions=tuple(versions))
         )
 
 
@@ -377,6 +414,24 @@ def _timeline_table(summary: FlowSummary, rows: int = 20) -> object:
     return table
 
 
+async def _run_with_progress(config: LoadConfig, *, show: bool) -> FlowSummary:
+    """``run_load``, with a live progress line on a terminal."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not (show and console.is_terminal):
+        return await run_load(config)
+    from rich.live import Live
+
+    rec = Recorder()
+    with Live(rec.progress(), console=console, refresh_per_second=4, transient=True) as live:
+        task = asyncio.create_task(run_load(config, recorder=rec))
+        while not task.done():
+            await asyncio.wait([task], timeout=0.25)
+            live.update(rec.progress())
+        return task.result()
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = LoadConfig(
@@ -395,7 +450,7 @@ def main(argv: list[str]) -> int:
         print(f"skewless loadtest: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = asyncio.run(run_load(config))
+        summary = asyncio.run(_run_with_progress(config, show=not args.json))
     except KeyboardInterrupt:
         print("skewless loadtest: interrupted", file=sys.stderr)
         return 130
