@@ -1,0 +1,53 @@
+"""Instance output: two append-only files per instance, rotated by copy-and-truncate.
+
+The child writes to its files directly (opened with O_APPEND) so that it survives the
+agent; the agent therefore cannot swap the file under it. Rotation copies the file to
+``.1`` (shifting older ones) and truncates the original in place: the child's next write
+lands at the new end. Lines written between the copy and the truncate are lost; that is
+the usual price of copytruncate, and bounded by the rotation check interval.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+STREAMS = ("stdout", "stderr")
+
+
+def stream_path(log_dir: Path, stream: str) -> Path:
+    return log_dir / f"{stream}.log"
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last ``n`` lines of ``path`` (reading at most ``max_bytes`` from its end)."""
+    if n <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line read is probably cut
+    return lines[-n:]
+
+
+def rotate_if_big(path: Path, max_bytes: int, keep: int) -> bool:
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except OSError:
+        return False
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True
