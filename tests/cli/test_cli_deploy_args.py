@@ -69,6 +69,15 @@ def test_flags_override_file_defaults() -> None:
     assert got["session"] == {"idle_timeout": 5.0, "pin": True}
 
 
+def test_counts_and_steps_take_percentages() -> None:
+    got = body(
+        ["shop", "v1", "--command", "a {port}", "--batch", "25%", "--max-unavailable", "0",
+         "--max-surge", "50%", "--steps", "10%,50%,100%"]
+    )  # fmt: skip
+    assert (got["batch"], got["max_unavailable"], got["max_surge"]) == ("25%", 0, "50%")
+    assert got["steps"] == [0.1, 0.5, 1.0]
+
+
 def test_no_pin_turns_pinning_off() -> None:
     assert body(["shop", "v1", "--command", "a {port}", "--no-pin"])["session"] == {"pin": False}
 
@@ -82,11 +91,26 @@ def test_no_pin_turns_pinning_off() -> None:
         (["sh op", "v1", "--command", "a {port}"], "APP 'sh op'"),
         (["shop", "v/1", "--command", "a {port}"], "VERSION 'v/1'"),
         (["shop", "v1", "--command", "a {port}", "--instances", "0"], "--instances must be >= 1"),
+        (
+            ["shop", "v1", "--command", "a {port}", "--batch", "0"],
+            "--batch must be an integer >= 1",
+        ),
+        (
+            ["shop", "v1", "--command", "a {port}", "--batch", "x"],
+            "--batch must be a count or a percentage",
+        ),
+        (
+            ["shop", "v1", "--command", "a {port}", "--max-surge", "150%"],
+            "--max-surge must be a count",
+        ),
         (["shop", "v1", "--command", "a {port}", "--capacity", "0"], "--capacity must be > 0"),
         (["shop", "v1", "--command", "a {port}", "--health", "up"], "--health must be a path"),
         (["shop", "v1", "--command", "a {port}", "--env", "NOEQ"], "--env 'NOEQ' must look like"),
         (["shop", "v1", "--command", "a {port}", "--steps", "0.5,0.2"], "--steps must increase"),
-        (["shop", "v1", "--command", "a {port}", "--steps", "x"], "--steps must be numbers"),
+        (
+            ["shop", "v1", "--command", "a {port}", "--steps", "x"],
+            "--steps must be shares separated by commas",
+        ),
     ],
 )
 def test_bad_flags_are_named(argv: list[str], needle: str) -> None:

@@ -137,3 +137,31 @@ def test_deploy_wait_gives_up_at_its_timeout(api: str, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "the rollout goes on (skewless status shop)" in err
     assert status_json(capsys)["rollout"]["state"] in ("pending", "progressing")  # type: ignore[index]
+
+
+def test_every_deploy_flag_is_accepted_by_the_controller(
+    api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "shop", "v1", "--command", "python app.py --port {port}", "--health", "/up",
+        "--instances", "4", "--strategy", "rolling", "--batch", "25%",
+        "--session-idle-timeout", "3", "--session-max-lifetime", "60", "--capacity", "20",
+        "--smoke", "/", "--max-unavailable", "1", "--max-surge", "1",
+        "--steps", "0.1,0.5,1", "--env", "A=1", "--drain-timeout", "5",
+    ]  # fmt: skip
+    assert deploy.main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert releases.main(["shop", "--json"]) == 0
+    (release,) = json.loads(capsys.readouterr().out)["releases"]
+    spec = release["spec"]
+    assert spec["command"] == ["python", "app.py", "--port", "{port}"]
+    assert spec["env"] == {"A": "1"}
+    assert spec["health"]["path"] == "/up"
+    assert spec["smoke"] == [{"path": "/", "status": 200}]
+    assert spec["capacity"] == 20
+    assert spec["drain_timeout"] == 5
+    rollout = status_json(capsys)["rollout"]
+    assert isinstance(rollout, dict)
+    assert rollout["strategy"] == "rolling"
+    assert rollout["steps"] == [0.1, 0.5, 1.0]
+    assert rollout["instances"] == 4

@@ -39,10 +39,11 @@ class AppDefaults:
     health: str | None = None
     instances: int | None = None
     strategy: str | None = None
-    batch: int | None = None
+    batch: int | str | None = None
+    """A count, or a share of the instances such as ``"25%"``."""
     capacity: float | None = None
-    max_unavailable: int | None = None
-    max_surge: int | None = None
+    max_unavailable: int | str | None = None
+    max_surge: int | str | None = None
     steps: tuple[float, ...] | None = None
     drain_timeout: float | None = None
     smoke: tuple[str, ...] | None = None
@@ -56,6 +57,39 @@ def _int(where: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where} must be an integer >= {minimum}, not {value!r}")
     return value
+
+
+def parse_count(where: str, value: Any, minimum: int) -> int | str:
+    """An instance count: an integer, or a share of the instances as ``"25%"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1])
+            except ValueError:
+                share = -1.0
+            if not 0 < share <= 100:
+                raise ConfigError(
+                    f"{where} must be a count or a percentage like 25%, not {value!r}"
+                )
+            return text
+        if text.isdigit():
+            value = int(text)
+        else:
+            raise ConfigError(f"{where} must be a count or a percentage like 25%, not {value!r}")
+    return _int(where, value, minimum)
+
+
+def _share(where: str, value: Any) -> float:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ConfigError(
+                f"{where} must be shares separated by commas, like 0.1,0.5,1 or 10%,50%,100%"
+            ) from None
+    return _number(where, value)
 
 
 def _number(where: str, value: Any, *, positive: bool = True) -> float:
@@ -97,18 +131,14 @@ def parse_strategy(where: str, value: Any) -> str:
 
 
 def parse_steps(where: str, value: Any) -> tuple[float, ...]:
-    """Canary steps: ``"0.1,0.5,1"`` or a list; increasing, in (0, 1], ending at 1."""
+    """Canary steps: ``"0.1,0.5,1"``, ``"10%,50%,100%"`` or a list; increasing, in (0, 1],
+    ending at 1."""
     if isinstance(value, str):
-        try:
-            steps = tuple(float(part) for part in value.split(",") if part.strip())
-        except ValueError:
-            raise ConfigError(
-                f"{where} must be numbers separated by commas, like 0.1,0.5,1"
-            ) from None
+        steps = tuple(_share(where, part) for part in value.split(",") if part.strip())
     elif isinstance(value, list):
-        steps = tuple(_number(where, v) for v in value)
+        steps = tuple(_share(where, v) for v in value)
     else:
-        raise ConfigError(f"{where} must be a list of numbers, like 0.1,0.5,1")
+        raise ConfigError(f"{where} must be a list of shares, like 0.1,0.5,1")
     if not steps or any(not 0 < s <= 1 for s in steps):
         raise ConfigError(f"{where} must hold shares in (0, 1], like 0.1,0.5,1")
     if list(steps) != sorted(set(steps)) or steps[-1] != 1.0:
@@ -131,10 +161,12 @@ def parse_app(name: str, table: Any) -> AppDefaults:
                 values["command"] = parse_command(here, value)
             case "health":
                 values["health"] = parse_path(here, value)
-            case "instances" | "batch":
+            case "instances":
                 values[key] = _int(here, value, 1)
+            case "batch":
+                values[key] = parse_count(here, value, 1)
             case "max_unavailable" | "max_surge":
-                values[key] = _int(here, value, 0)
+                values[key] = parse_count(here, value, 0)
             case "strategy":
                 values["strategy"] = parse_strategy(here, value)
             case "capacity" | "drain_timeout":

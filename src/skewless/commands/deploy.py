@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--health", metavar="PATH", help="health path (default: the controller's)")
     p.add_argument("--instances", type=int, metavar="N", help="instances of the new version")
     p.add_argument("--strategy", choices=STRATEGIES)
-    p.add_argument("--batch", type=int, metavar="N", help="rolling: hosts moved at once")
+    p.add_argument("--batch", metavar="N|P%", help="rolling: hosts moved at once (or a share)")
     p.add_argument("--session-idle-timeout", type=float, metavar="SECONDS")
     p.add_argument("--session-max-lifetime", type=float, metavar="SECONDS")
     p.add_argument(
@@ -50,8 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke", action="append", metavar="PATH", help="smoke check sent before traffic (repeat)"
     )
-    p.add_argument("--max-unavailable", type=int, metavar="N")
-    p.add_argument("--max-surge", type=int, metavar="N")
+    p.add_argument("--max-unavailable", metavar="N|P%", help="most instances out at once")
+    p.add_argument("--max-surge", metavar="N|P%", help="extra instances while rolling out")
     p.add_argument(
         "--steps", metavar="W,W,...", help="canary shares of new sessions, e.g. 0.1,0.5,1"
     )
@@ -90,17 +90,19 @@ def build_body(args: argparse.Namespace, defaults: cfg.AppDefaults) -> dict[str,
         )
     if not any("{port}" in part for part in command):
         raise ConfigError("--command must contain {port} where the instance's port goes")
-    for name in ("instances", "batch"):
-        _positive(f"--{name}", getattr(args, name), 1)
-    for name in ("max_unavailable", "max_surge"):
-        _positive(f"--{name.replace('_', '-')}", getattr(args, name), 0)
+    _positive("--instances", args.instances, 1)
+    counts = {
+        name: cfg.parse_count(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+        for name, minimum in (("batch", 1), ("max_unavailable", 0), ("max_surge", 0))
+        if getattr(args, name) is not None
+    }
     for name in ("capacity", "session_idle_timeout", "session_max_lifetime", "drain_timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, not {value:g}")
 
     def pick(name: str) -> Any:
-        value = getattr(args, name)
+        value = counts.get(name, getattr(args, name))
         return value if value is not None else getattr(defaults, name)
 
     body: dict[str, Any] = {"version": args.version, "command": list(command)}

@@ -23,7 +23,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -149,19 +149,26 @@ def child_env(token: str) -> dict[str, str]:
 class Fleet:
     """The parts of one ``up``: built, started in order, watched, stopped."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        if not 1 <= args.hosts <= 64:
-            raise ConfigError(f"--hosts must be between 1 and 64, not {args.hosts}")
-        if not 1 <= args.slots <= 64:
-            raise ConfigError(f"--slots must be between 1 and 64, not {args.slots}")
-        self.http_host, self.http_port = parse_listen(args.http, flag="--http")
-        self.api_host, self.api_port = parse_listen(args.api, flag="--api")
+    def __init__(
+        self,
+        *,
+        hosts: int = 4,
+        slots: int = 4,
+        http: str = "127.0.0.1:8080",
+        api: str = "127.0.0.1:7000",
+        state: str | Path = ".skewless",
+    ) -> None:
+        if not 1 <= hosts <= 64:
+            raise ConfigError(f"--hosts must be between 1 and 64, not {hosts}")
+        if not 1 <= slots <= 64:
+            raise ConfigError(f"--slots must be between 1 and 64, not {slots}")
+        self.http_host, self.http_port = parse_listen(http, flag="--http")
+        self.api_host, self.api_port = parse_listen(api, flag="--api")
         if (self.http_host, self.http_port) == (self.api_host, self.api_port):
             raise ConfigError("--http and --api must be different addresses")
-        self.layout = Layout(root=Path(args.state).resolve())
-        self.hosts = [f"h{i}" for i in range(1, args.hosts + 1)]
-        self.slots = args.slots
-        self.demo = args.demo
+        self.layout = Layout(root=Path(state).resolve())
+        self.hosts = [f"h{i}" for i in range(1, hosts + 1)]
+        self.slots = slots
         self.api_url = f"http://{self.api_host}:{self.api_port}"
         self.http_url = f"http://{self.http_host}:{self.http_port}"
         self.admin_port = 0
@@ -170,6 +177,7 @@ class Fleet:
         self.stopping = False
         self.hurry = False
         self.current_written = ""
+        self.restart_times: list[float] = []
 
     # ---- building -------------------------------------------------------------------
 
@@ -355,25 +363,29 @@ class Fleet:
 
     # ---- running ----------------------------------------------------------------------
 
+    def check(self, say: Callable[[str], None]) -> None:
+        """Restart the parts that died; raise ``UpstreamError`` on a crash loop."""
+        reap_zombies()
+        for child in self.children:
+            if self.stopping or child.running:
+                continue
+            now = time.monotonic()
+            self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW]
+            self.restart_times.append(now)
+            if len(self.restart_times) > RESTART_LIMIT:
+                raise UpstreamError(
+                    f"{child.name} {child.exit_description()}; too many restarts "
+                    f"within {RESTART_WINDOW:g} s, stopping the fleet (log {child.log})"
+                )
+            say(f"{child.name} {child.exit_description()}; restarting it")
+            child.restarts += 1
+            child.start()
+            self.write_pids()
+
     def watch(self, say: Callable[[str], None]) -> None:
-        """Restart parts that die, until asked to stop; give up on a crash loop."""
-        history: list[float] = []
+        """Restart parts that die, until asked to stop."""
         while not self.stopping:
-            reap_zombies()
-            for child in self.children:
-                if self.stopping or child.running:
-                    continue
-                now = time.monotonic()
-                history = [t for t in history if now - t < RESTART_WINDOW] + [now]
-                if len(history) > RESTART_LIMIT:
-                    raise UpstreamError(
-                        f"{child.name} {child.exit_description()}; too many restarts "
-                        f"within {RESTART_WINDOW:g} s, stopping the fleet (log {child.log})"
-                    )
-                say(f"{child.name} {child.exit_description()}; restarting it")
-                child.restarts += 1
-                child.start()
-                self.write_pids()
+            self.check(say)
             time.sleep(0.2)
 
     def stop(self, say: Callable[[str], None]) -> None:
@@ -390,6 +402,22 @@ class Fleet:
         self.remove_current()
         with contextlib.suppress(OSError):
             self.layout.pids.unlink()
+
+
+@contextlib.contextmanager
+def local_fleet(say: Callable[[str], None] = lambda _line: None, **options: Any) -> Iterator[Fleet]:
+    """A fleet for other commands (``skewless demo``): started and ready inside the
+    ``with``, stopped (instances included) when it ends. Call ``fleet.check(say)`` now and
+    then to restart parts that died. Same options as ``Fleet``."""
+    fleet = Fleet(**options)
+    fleet.prepare()
+    become_subreaper()
+    try:
+        fleet.start(say)
+        fleet.write_current()
+        yield fleet
+    finally:
+        fleet.stop(say)
 
 
 def deploy_demo(fleet: Fleet) -> None:
@@ -431,7 +459,9 @@ def main(argv: list[str]) -> int:
 
     def body() -> int:
         nonlocal fleet
-        fleet = Fleet(args)
+        fleet = Fleet(
+            hosts=args.hosts, slots=args.slots, http=args.http, api=args.api, state=args.state
+        )
         fleet.prepare()
         become_subreaper()
         signal.signal(signal.SIGTERM, on_signal)
@@ -448,7 +478,7 @@ def main(argv: list[str]) -> int:
             say(f"  router admin http://127.0.0.1:{fleet.admin_port}")
             say(f"  hosts        {', '.join(fleet.hosts)} ({fleet.slots} slots each)")
             say(f"  logs         {fleet.layout.logs}")
-            if fleet.demo:
+            if args.demo:
                 deploy_demo(fleet)
                 say(f"  demo         wizard v1 deploying: open {fleet.http_url}/")
             say("")
