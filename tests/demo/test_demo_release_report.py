@@ -72,3 +72,22 @@ def test_first_retired_counts_a_version_that_vanished() -> None:
     assert first_retired(samples, "v1") == 3.0
     assert first_retired(samples[:2], "v1") is None
     assert first_retired(samples, "v9") is None
+
+
+def test_release_floor_sums_batches_of_bring_up_and_drain() -> None:
+    from skewless.core.release_report import ActionTime, release_floor
+
+    acts = [
+        ActionTime(kind="start", instance="n1", at=0.0),
+        ActionTime(kind="add", instance="n1", at=2.0),
+        ActionTime(kind="drain", instance="o1", at=2.0),
+        ActionTime(kind="stop", instance="o1", at=3.0),
+        ActionTime(kind="start", instance="n2", at=3.0),
+        ActionTime(kind="add", instance="n2", at=6.0),
+        ActionTime(kind="drain", instance="o2", at=6.0),
+        ActionTime(kind="stop", instance="o2", at=6.5),
+        ActionTime(kind="start", instance="n1", at=9.0),  # repeated: the first counts
+    ]
+    assert release_floor(acts, batch=1) == (2.0 + 1.0) + (3.0 + 0.5)
+    assert release_floor(acts, batch=2) == 3.0 + 1.0
+    assert release_floor(acts[2:4], batch=1) is None

@@ -21,7 +21,8 @@ STATUS = {
             "state": "draining",
             "weight": 0.0,
             "instances": [
-                {"id": "h1/wizard/v1/0", "host": "h1", "state": "ready"},
+                {"id": "h1/wizard/v1/0", "host": "h1", "state": "ready", "table": "ready"},
+                {"id": "h5/wizard/v1/0", "host": "h5", "state": "ready", "table": "draining"},
                 {"id": "h2/wizard/v1/0", "host": "h2", "state": "draining"},
                 {"id": "h3/wizard/v1/0", "host": "h3", "state": "stopped"},
             ],
@@ -44,7 +45,7 @@ STATUS = {
 def test_sample_counts_ready_instances_and_hosts_in_use() -> None:
     s = story.sample(STATUS, at=1.5, root=None)
     assert s.ready == 2 and s.ready_by_version == {"v1": 1, "v2": 1, "v0": 0}
-    assert s.hosts == frozenset({"h1", "h2", "h3", "h4"})
+    assert s.hosts == frozenset({"h1", "h2", "h3", "h4", "h5"})
     assert s.version_states == {"v1": "draining", "v2": "live", "v0": "retired"}
     assert s.processes == 0 and s.at == 1.5
 

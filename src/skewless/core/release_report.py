@@ -158,3 +158,38 @@ def release_report(
         peak_extra_processes=max(0, max(s.processes for s in during) - baseline.processes),
         peak_extra_memory_mb=max(0, max(s.rss_bytes for s in during) - base_mem) / 2**20,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionTime:
+    kind: str
+    """The engine's action kind: ``start``, ``add``, ``drain``, ``stop`` ..."""
+    instance: str
+    at: float
+
+
+def release_floor(actions: Sequence[ActionTime], *, batch: int) -> float | None:
+    """The least time a release's batches could take: per batch of ``batch`` new instances
+    (in the order they were started), the slowest bring-up (start -> added to the table:
+    start, health and smoke checks) plus, for the old instances drained alongside, the
+    slowest drain (drain -> stop); batches run one after another. None without a
+    complete bring-up.
+
+    The ratio of a release's duration to this floor is what waiting costs: capacity
+    guards, and above all the old version's sessions going idle.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1 (got {batch})")
+    first: dict[tuple[str, str], float] = {}
+    for a in sorted(actions, key=lambda a: a.at):
+        first.setdefault((a.kind, a.instance), a.at)
+    started = sorted((t, i) for (k, i), t in first.items() if k == "start")
+    ups = [first[("add", i)] - t for t, i in started if ("add", i) in first]
+    drained = sorted((t, i) for (k, i), t in first.items() if k == "drain")
+    downs = [first[("stop", i)] - t for t, i in drained if ("stop", i) in first]
+    if not ups:
+        return None
+    total = 0.0
+    for n in range(0, max(len(ups), len(downs)), batch):
+        total += max(ups[n : n + batch], default=0.0) + max(downs[n : n + batch], default=0.0)
+    return total

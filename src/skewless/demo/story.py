@@ -294,7 +294,9 @@ def sample(status: Any, *, at: float, root: int | None) -> FleetSample:
             state = inst.get("state")
             if state not in ("stopped", "failed") and inst.get("host"):
                 hosts.add(str(inst["host"]))
-            if state == "ready" and v.get("state") != "retired":
+            # Ready capacity: the process is ready *and* routers send it new work.
+            in_table = inst.get("table", "ready") == "ready"
+            if state == "ready" and in_table and v.get("state") != "retired":
                 ready += 1
         ready_by_version[name] = ready
     procs = wizard_processes(root) if root is not None else []
