@@ -41,6 +41,14 @@ def main() -> None:
         def do_GET(self) -> None:
             if self.path == "/crash":
                 os._exit(1)
+            if self.path.startswith("/env/"):
+                value = os.environ.get(self.path[len("/env/") :])
+                body = json.dumps(value).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.path == "/healthz":
                 status = 503 if args.unhealthy else 200
                 body = b"ok\n"

@@ -105,13 +105,19 @@ class Agent:
         tmp.write_text(json.dumps({"generation": generation, "instances": list(instances)}))
         os.replace(tmp, self.desired_path)
 
-    def start(self, *extra: str, source: tuple[str, ...] | None = None) -> None:
+    def start(
+        self,
+        *extra: str,
+        source: tuple[str, ...] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         assert self.proc is None or self.proc.poll() is not None
         (self.state_dir / "agent.json").unlink(missing_ok=True)
         if source is None:
             source = ("--desired", str(self.desired_path))
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        env.pop("SKEWLESS_TOKEN", None)
+        environ = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        environ.pop("SKEWLESS_TOKEN", None)
+        environ.update(env or {})
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -128,7 +134,7 @@ class Agent:
                     *source,
                     *extra,
                 ],
-                env=env,
+                env=environ,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,

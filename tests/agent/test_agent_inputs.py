@@ -141,7 +141,13 @@ def test_mutating_calls_need_the_token(agent: Any) -> None:
     no_token = httpx.post(f"{agent.url}/v1/reload")
     assert no_token.status_code == 403 and "--token" in no_token.json()["error"]
     agent.signal(signal.SIGTERM)
-    agent.start("--token", "s3cret")
+    spec = agent.instance(0, "v1")
+    agent.write_desired(2, spec)
+    agent.start(env={"SKEWLESS_TOKEN": "s3cret"})
+    address = agent.wait_state(spec["id"], "ready")["address"]
+    # The agent's token is not handed to the apps it runs; PORT is.
+    assert httpx.get(f"http://{address}/env/SKEWLESS_TOKEN").json() is None
+    assert httpx.get(f"http://{address}/env/PORT").json() == address.rsplit(":", 1)[1]
     assert httpx.post(f"{agent.url}/v1/reload").status_code == 401
     bad = httpx.post(f"{agent.url}/v1/reload", headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401

@@ -116,3 +116,15 @@ def test_round_trip_through_json() -> None:
     doc["instances"][0]["health"]["status"] = 204
     state = parse_desired(doc)
     assert parse_desired(desired_to_json(state)) == state
+
+
+def test_health_numbers_must_be_positive_but_tiny_intervals_are_clamped() -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["instances"][0]["health"] = {"path": "/h", "timeout": 0.001, "interval": 0.001}
+    health = parse_desired(doc).instances[0].health
+    assert health.timeout == 0.001 and health.interval == 0.05
+    doc["instances"][0]["health"]["timeout"] = 0
+    with pytest.raises(
+        ConfigError, match=r"instances\[0\]\.health\.timeout must be a number of seconds > 0"
+    ):
+        parse_desired(doc)

@@ -65,6 +65,8 @@ from skewless.core.supervise import (
 )
 
 S = InstanceState
+PRIVATE_ENV = frozenset({"SKEWLESS_TOKEN"})
+"""The agent's own secrets are not passed on to the apps it runs."""
 STDERR_TAIL = 10
 """Lines of stderr put into a failure reason."""
 
@@ -119,7 +121,8 @@ class Instance:
             alive=self.preparing or self.proc is not None,
             stopping=self.stopping,
             restart_at=self.restart_at,
-            starting_since=self.starting_since,
+            # Fetching an artifact does not count against the start timeout.
+            starting_since=None if self.preparing else self.starting_since,
         )
 
 
@@ -165,8 +168,8 @@ class Supervisor:
         self.poke()
 
     def poke(self) -> None:
+        """Reconcile soon (the report goes out if the tick finds it changed)."""
         self._wake.set()
-        self.changed.set()
 
     # ---- adoption --------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class Supervisor:
         now = self.clock()
         self._notice_exits(now)
         if self.desired is not None:
+            self._refresh_specs()
             actions = decide(
                 self.desired,
                 tuple(i.observed() for i in self.instances.values()),
@@ -233,6 +237,15 @@ class Supervisor:
         if key != self._last_report_key:
             self._last_report_key = key
             self.changed.set()
+
+    def _refresh_specs(self) -> None:
+        """Same release, new details (health path, drain timeout): use them from now on."""
+        assert self.desired is not None
+        for spec in self.desired.instances:
+            inst = self.instances.get(spec.id)
+            if inst and inst.spec != spec and inst.spec.release_key == spec.release_key:
+                inst.spec = spec
+                self._save(inst)
 
     def _apply(self, action: AgentAction, now: float) -> None:
         assert self.desired is not None
@@ -307,7 +320,7 @@ class Supervisor:
                 inst.port = self._allocate_port(inst.id)
             port = str(inst.port)
             argv = [arg.replace("{port}", port) for arg in spec.command]
-            env = dict(os.environ)
+            env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
             env.update({k: v.replace("{port}", port) for k, v in spec.env})
             env["PORT"] = port
             if release_dir is not None:
@@ -609,7 +622,15 @@ class Supervisor:
             rep["generation"],
             rep["desired_error"],
             tuple(
-                (r["id"], r["state"], r["pid"], r["restarts"], r["reason"], r["address"])
+                (
+                    r["id"],
+                    r["state"],
+                    r["pid"],
+                    r["restarts"],
+                    r["reason"],
+                    r["address"],
+                    (r["health"] or {}).get("ok"),
+                )
                 for r in rep["instances"]
             ),
         )

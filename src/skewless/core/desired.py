@@ -183,9 +183,12 @@ def _health(raw: object, where: str) -> HealthSpec:
         raise ConfigError(f"{where}.status must be an HTTP status code (100-599) or absent")
     return HealthSpec(
         path=path,
-        timeout=_seconds(obj.get("timeout", 2.0), f"{where}.timeout", 0.01),
+        timeout=_seconds(obj.get("timeout", 2.0), f"{where}.timeout", 0.0, open_min=True),
         status=status,
-        interval=_seconds(obj.get("interval", 2.0), f"{where}.interval", 0.05),
+        # Shorter intervals are accepted (the controller allows them) but not obeyed.
+        interval=max(
+            0.05, _seconds(obj.get("interval", 2.0), f"{where}.interval", 0.0, open_min=True)
+        ),
     )
 
 
@@ -217,9 +220,16 @@ def _name(raw: object, where: str) -> str:
     return raw
 
 
-def _seconds(raw: object, where: str, minimum: float) -> float:
-    if not isinstance(raw, int | float) or isinstance(raw, bool) or raw != raw or raw < minimum:
-        raise ConfigError(f"{where} must be a number of seconds >= {minimum:g}")
+def _seconds(raw: object, where: str, minimum: float, *, open_min: bool = False) -> float:
+    if (
+        not isinstance(raw, int | float)
+        or isinstance(raw, bool)
+        or raw != raw
+        or raw < minimum
+        or (open_min and raw == minimum)
+    ):
+        bound = f"> {minimum:g}" if open_min else f">= {minimum:g}"
+        raise ConfigError(f"{where} must be a number of seconds {bound}")
     if raw > 86400:
         raise ConfigError(f"{where} must be at most 86400 seconds")
     return float(raw)

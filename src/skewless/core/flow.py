@@ -192,3 +192,8 @@ def summarize(
         ),
         mixed_examples=tuple(s.versions for s in mixed[:examples]),
     )
+
+
+def last_answered_by(requests: Iterable[RequestRecord], version: str) -> float | None:
+    """When (seconds since the run began) ``version`` last answered a request, or None."""
+    return max((r.at for r in requests if r.version == version), default=None)
