@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
         "--state", default=".skewless", metavar="DIR", help="state directory (./.skewless)"
     )
     p.add_argument("--demo", action="store_true", help="deploy the demo wizard app v1 once up")
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the fleet's API token (default: $SKEWLESS_TOKEN, else one kept in DIR/token)",
+    )
     return p
 
 
@@ -157,6 +162,7 @@ class Fleet:
         http: str = "127.0.0.1:8080",
         api: str = "127.0.0.1:7000",
         state: str | Path = ".skewless",
+        token: str | None = None,
     ) -> None:
         if not 1 <= hosts <= 64:
             raise ConfigError(f"--hosts must be between 1 and 64, not {hosts}")
@@ -169,6 +175,8 @@ class Fleet:
         self.layout = Layout(root=Path(state).resolve())
         self.hosts = [f"h{i}" for i in range(1, hosts + 1)]
         self.slots = slots
+        self.given_token = token
+        """The fleet's API token when given (--token, SKEWLESS_TOKEN); else DIR/token."""
         self.api_url = f"http://{self.api_host}:{self.api_port}"
         self.http_url = f"http://{self.http_host}:{self.http_port}"
         self.admin_port = 0
@@ -190,7 +198,11 @@ class Fleet:
             os.chmod(root, 0o700)
         except OSError as exc:
             raise ConfigError(f"--state {root}: cannot use it ({exc.strerror})") from None
-        self.token = ensure_secret(self.layout.token, lambda: secrets.token_urlsafe(32))
+        if self.given_token:
+            write_private(self.layout.token, self.given_token + "\n")
+            self.token = self.given_token
+        else:
+            self.token = ensure_secret(self.layout.token, lambda: secrets.token_urlsafe(32))
         ensure_secret(self.layout.keys, lambda: f"k1:{secrets.token_hex(32)}")
         env = child_env(self.token)
         py = [sys.executable, "-m", "skewless"]
@@ -460,7 +472,12 @@ def main(argv: list[str]) -> int:
     def body() -> int:
         nonlocal fleet
         fleet = Fleet(
-            hosts=args.hosts, slots=args.slots, http=args.http, api=args.api, state=args.state
+            hosts=args.hosts,
+            slots=args.slots,
+            http=args.http,
+            api=args.api,
+            state=args.state,
+            token=args.token or os.environ.get("SKEWLESS_TOKEN") or None,
         )
         fleet.prepare()
         become_subreaper()
