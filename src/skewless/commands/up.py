@@ -244,6 +244,13 @@ class Fleet:
                     str(self.layout.keys),
                     "--admin",
                     f"127.0.0.1:{self.admin_port}",
+                    "--id",
+                    "r1",
+                    "--cache",
+                    str(router_dir / "routes.json"),
+                    # Frequent reports: the controller sees load and idle sessions sooner.
+                    "--report-interval",
+                    "1",
                 ],
                 log=logs / "router.log",
                 env=env,
