@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -208,20 +208,28 @@ def descendants(root: int) -> list[int]:
     return [pid for pid in found if table[pid][1] != "Z"]
 
 
-def reap_zombies() -> None:
-    """Collect exited children (adopted orphans among them) so that none stays a zombie."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def reap_zombies(keep: Iterable[int] = ()) -> None:
+    """Collect exited adopted orphans so that none stays a zombie.
+
+    Only zombies that are our direct children and not in ``keep`` (the pids that
+    ``subprocess.Popen`` objects own, whose exit status they must read themselves).
+    """
+    if not os.path.isdir("/proc"):
+        return
+    me, kept = os.getpid(), set(keep)
+    for pid, (ppid, state) in _proc_table().items():
+        if ppid == me and state == "Z" and pid not in kept:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
-def kill_descendants(*, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[int]:
+def kill_descendants(
+    *, grace: float, hurry: Callable[[], bool] = lambda: False, keep: Iterable[int] = ()
+) -> list[int]:
     """Stop every remaining descendant of this process by process group: SIGTERM, up to
-    ``grace`` seconds, SIGKILL. Returns the pids that were found."""
+    ``grace`` seconds, SIGKILL. Returns the pids that were found. ``keep``: pids of our
+    ``Popen`` children, which are stopped but not reaped here."""
+    keep = list(keep)
     me, my_group = os.getpid(), os.getpgrp()
     found = descendants(me)
     if not found:
@@ -242,14 +250,14 @@ def kill_descendants(*, grace: float, hurry: Callable[[], bool] = lambda: False)
     send(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while descendants(me) and time.monotonic() < deadline and not hurry():
-        reap_zombies()
+        reap_zombies(keep)
         time.sleep(0.05)
     send(signal.SIGKILL)
     deadline = time.monotonic() + 5
     while descendants(me) and time.monotonic() < deadline:
-        reap_zombies()
+        reap_zombies(keep)
         time.sleep(0.05)
-    reap_zombies()
+    reap_zombies(keep)
     return found
 
 

@@ -70,7 +70,9 @@ def follow_rollout(
                 )
                 for event in render.unwrap(answer, "events"):
                     after = event.get("id", after)
-                    console.print(render.event_line(event), highlight=False, markup=False)
+                    console.print(
+                        render.event_line(event), highlight=False, markup=False, soft_wrap=True
+                    )
                 status = api.get(f"/v1/apps/{app}")
                 failures = 0
             except UpstreamError as exc:
@@ -89,7 +91,9 @@ def follow_rollout(
                 state = str(rollout.get("state"))
                 if state != state_seen and not live:
                     reason = f": {rollout['reason']}" if rollout.get("reason") else ""
-                    console.print(f"rollout {state}{reason}", highlight=False, markup=False)
+                    console.print(
+                        f"rollout {state}{reason}", highlight=False, markup=False, soft_wrap=True
+                    )
                 state_seen = state
                 if state in render.TERMINAL:
                     break

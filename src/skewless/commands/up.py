@@ -384,7 +384,7 @@ class Fleet:
 
     def check(self, say: Callable[[str], None]) -> None:
         """Restart the parts that died; raise ``UpstreamError`` on a crash loop."""
-        reap_zombies()
+        reap_zombies(c.pid for c in self.children if c.pid is not None)
         for child in self.children:
             if self.stopping or child.running:
                 continue
@@ -415,7 +415,11 @@ class Fleet:
         say("stopping: agents")
         agents = [c for c in self.children if c not in front]
         stop_children(agents, grace=15.0 if not self.hurry else 0.5)
-        left = kill_descendants(grace=10.0 if not self.hurry else 0.5, hurry=lambda: self.hurry)
+        left = kill_descendants(
+            grace=10.0 if not self.hurry else 0.5,
+            hurry=lambda: self.hurry,
+            keep=[c.pid for c in self.children if c.pid is not None],
+        )
         if left:
             say(f"stopped {len(left)} instance process(es) left by the agents")
         self.remove_current()
