@@ -59,11 +59,16 @@ def plan(s: FleetSnapshot) -> Plan:
                 )
             )
     actions: list[Action] = []
-    for n in range(spec.instances):
-        host = hosts[n % len(hosts)]
+    per_host = {h: sum(1 for i in new if i.host == h) for h in hosts}
+    for _ in range(spec.instances - len(new)):
+        host = min(hosts, key=lambda h: (per_host[h], h))
+        n = 0
+        while f"{host}/{spec.app}/{target}/{n}" in by_id:
+            n += 1
         iid = f"{host}/{spec.app}/{target}/{n}"
-        if iid not in by_id:
-            actions.append(StartInstance(instance_id=iid, host=host, version=target))
+        by_id[iid] = None  # type: ignore[assignment]
+        per_host[host] += 1
+        actions.append(StartInstance(instance_id=iid, host=host, version=target))
     for i in new:
         if i.state == InstanceState.READY and i.running_version not in (None, target):
             return Plan(waiting_for=f"{i.host} runs {i.running_version}, not {target}")
@@ -124,6 +129,12 @@ def plan(s: FleetSnapshot) -> Plan:
             FinishRollout(state=RolloutState.SUCCEEDED, reason=f"{target} serves all new sessions"),
         )
     )
+
+
+def plan_one(s: FleetSnapshot) -> Plan:
+    """``plan`` taking one action per step: slower rollouts with more points to crash at."""
+    p = plan(s)
+    return Plan(actions=p.actions[:1], waiting_for=p.waiting_for)
 
 
 # ---- a controller in a thread ----------------------------------------------------------
@@ -203,6 +214,7 @@ class FakeAgent:
     """Report this version instead of the asked one (a host running the wrong thing)."""
     seen: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     """Every desired state received: (generation, {instance id: desired})."""
+    poll_wait: float = 0.3
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -230,7 +242,7 @@ class FakeAgent:
                 try:
                     r = client.get(
                         f"{self.url}/v1/hosts/{self.host_id}/desired",
-                        params={"generation": self.generation, "wait": 0.3},
+                        params={"generation": self.generation, "wait": self.poll_wait},
                     )
                     if r.status_code == 200:
                         body = r.json()
@@ -285,6 +297,7 @@ class FakeRouter:
     inflight: dict[str, int] = field(default_factory=dict)
     generations: list[int] = field(default_factory=list)
     """Every route-table generation received, in order."""
+    poll_wait: float = 0.3
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -306,7 +319,7 @@ class FakeRouter:
                 try:
                     r = client.get(
                         f"{self.url}/v1/routes",
-                        params={"generation": self.table["generation"], "wait": 0.3},
+                        params={"generation": self.table["generation"], "wait": self.poll_wait},
                     )
                     if r.status_code == 200:
                         self.table = r.json()

@@ -89,6 +89,8 @@ class World:
     instances: dict[str, Inst]
     chaos: Chaos
     total_load: float
+    base_load: float
+    load_walk: bool = True
     now: float = 1000.0
     state: RolloutState = RolloutState.PROGRESSING
     started_at: float = 1000.0
@@ -239,7 +241,9 @@ class World:
                 inst.inflight = rng.randint(0, 5)
         if rng.random() < 0.7:
             self.routers_generation = self.table_generation
-        self.total_load = max(0.0, self.total_load * rng.uniform(0.8, 1.2))
+        if self.load_walk:
+            walked = self.total_load * rng.uniform(0.8, 1.2)
+            self.total_load = min(max(walked, 0.5 * self.base_load), 1.5 * self.base_load)
         for ver in self.versions.values():
             if ver.state is VersionState.RETIRED:
                 ver.load, ver.sessions = 0.0, 0
@@ -371,70 +375,91 @@ def run(world: World, *, max_ticks: int = 2500) -> tuple[int, RolloutState]:
     raise AssertionError(f"not settled after {max_ticks} ticks: state {world.state}")
 
 
+def _ready(host: str, version: str, n: int) -> Inst:
+    iid = f"{host}/shop/{version}/{n}"
+    return Inst(
+        id=iid,
+        host=host,
+        version=version,
+        state=InstanceState.READY,
+        running_version=version,
+        table="ready",
+        smoke="passed",
+    )
+
+
 @st.composite
-def worlds(draw: st.DrawFn, *, chaos: bool) -> World:
+def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool = False) -> World:
+    """A fleet running v1 (or, with ``rollback``, a broken v2 rolled back to v1).
+
+    ``roomy``: enough slots, surge allowance and new capacity that success is possible
+    whatever the strategy, and a steady load.
+    """
     n_hosts = draw(st.integers(1, 5))
-    slots = [draw(st.integers(1, 4)) for _ in range(n_hosts)]
+    slots = [draw(st.integers(2 if roomy else 1, 4)) for _ in range(n_hosts)]
     hosts = [HostView(id=f"h{k}", slots=s) for k, s in enumerate(slots)]
     total_slots = sum(slots)
-    n_old = draw(st.integers(1, total_slots))
+    cap_max = total_slots // 2 if roomy else total_slots
+    old, new = ("v2", "v1") if rollback else ("v1", "v2")
+    n_old = draw(st.integers(1, cap_max))
+    instances = draw(st.integers(1, cap_max))
     capacity_old = draw(st.sampled_from([10.0, 25.0, 100.0]))
     capacity_new = draw(st.sampled_from([10.0, 25.0, 100.0]))
     rng = random.Random(draw(st.integers(0, 2**32)))
-    instances: dict[str, Inst] = {}
-    placed = 0
+    # With rollback, a few instances of the good version v1 may still be up.
+    n_left = draw(st.integers(0, min(2, total_slots - n_old))) if rollback else 0
+    wanted = [old] * n_old + [new] * n_left
+    instances_map: dict[str, Inst] = {}
     for host, s in zip(hosts, slots, strict=True):
         for n in range(s):
-            if placed == n_old:
+            if not wanted:
                 break
-            iid = f"{host.id}/shop/v1/{n}"
-            instances[iid] = Inst(
-                id=iid,
-                host=host.id,
-                version="v1",
-                state=InstanceState.READY,
-                running_version="v1",
-                table="ready",
-                smoke="passed",
-            )
-            placed += 1
-    # Load from idle to more than the old fleet carries.
-    load = draw(st.floats(0.0, 1.2)) * n_old * capacity_old / 1.3
+            version = wanted.pop(0)
+            inst = _ready(host.id, version, n)
+            instances_map[inst.id] = inst
+    # Load from idle to more than the old fleet carries (roomy: what both can carry).
+    limit = min(n_old * capacity_old, instances * capacity_new) if roomy else n_old * capacity_old
+    load = draw(st.floats(0.0, 0.7 if roomy else 1.2)) * limit / 1.3
     steps = draw(st.sampled_from([(1.0,), (0.1, 0.5, 1.0), (0.25, 1.0)]))
     spec = RolloutSpec(
         app="shop",
-        to_version="v2",
+        to_version=new,
         strategy=draw(st.sampled_from(["rolling", "side-by-side", "surge"])),
-        instances=draw(st.integers(1, total_slots)),
+        instances=instances,
         batch=draw(st.integers(1, 3)),
         max_unavailable=draw(st.integers(0, 2)),
-        max_surge=draw(st.integers(0, 2)),
+        max_surge=instances if roomy else draw(st.integers(0, 2)),
         steps=steps,
         step_interval=draw(st.sampled_from([0.0, 20.0])),
         progress_deadline=300.0,
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
+        rollback_of=old if rollback else None,
     )
     versions = {
-        "v1": Ver(
-            version="v1",
+        old: Ver(
+            version=old,
             capacity=capacity_old,
             state=VersionState.LIVE,
             weight=1.0,
             load=load,
             sessions=math.ceil(load / 2),
             last_pinned_at=1000.0 if load > 0 else None,
-            live_since=0.0,
+            live_since=500.0,
         ),
-        "v2": Ver(version="v2", capacity=capacity_new),
+        new: Ver(version=new, capacity=capacity_new),
     }
+    if rollback:
+        versions[new].live_since = 0.0
+        versions[new].weight_zero_since = 500.0
+        versions[new].last_pinned_at = 900.0
     level = draw(st.sampled_from([0.0, 0.02, 0.1])) if chaos else 0.0
     return World(
         rng=rng,
         spec=spec,
         hosts=hosts,
         versions=versions,
-        instances=instances,
+        instances=instances_map,
         chaos=Chaos(
             crash=level / 4,
             start_fail=level,
@@ -444,11 +469,13 @@ def worlds(draw: st.DrawFn, *, chaos: bool) -> World:
             abort=level / 4,
         ),
         total_load=load,
+        base_load=load,
+        load_walk=not roomy,
     )
 
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
@@ -461,25 +488,62 @@ def test_planner_sim_calm_fleets_converge_with_invariants(world: World) -> None:
     _ticks, state = run(world)
     assert state in (RolloutState.SUCCEEDED, RolloutState.FAILED)
     if state is RolloutState.SUCCEEDED:
-        new = [i for i in world.instances.values() if i.version == "v2" and i.table == "ready"]
-        assert len(new) == world.spec.instances
-        assert world.versions["v2"].weight == 1.0
-        assert world.versions["v1"].state is VersionState.RETIRED
+        _assert_settled_on(world, "v2")
+
+
+@SETTINGS
+@given(worlds(chaos=False, roomy=True))
+def test_planner_sim_roomy_fleets_succeed(world: World) -> None:
+    _ticks, state = run(world)
+    assert state is RolloutState.SUCCEEDED
+    _assert_settled_on(world, "v2")
+    reason = world.retired_at["v1"][1]
+    assert reason in ("sessions_idle", "max_lifetime")
+
+
+@SETTINGS
+@given(worlds(chaos=False, rollback=True))
+def test_planner_sim_rollback_repins_the_broken_version(world: World) -> None:
+    _ticks, state = run(world)
+    assert state in (RolloutState.SUCCEEDED, RolloutState.FAILED)
+    if state is RolloutState.SUCCEEDED:
+        _assert_settled_on(world, "v1")
+        assert world.retired_at["v2"][1] == "rolled_back"
+
+
+def _assert_settled_on(world: World, version: str) -> None:
+    new = [i for i in world.instances.values() if i.version == version and i.table == "ready"]
+    assert len(new) == world.spec.instances
+    assert world.versions[version].weight == 1.0
+    others = [v for v in world.versions.values() if v.version != version]
+    assert all(v.state is VersionState.RETIRED for v in others)
+    running = [i for i in world.instances.values() if i.state is not InstanceState.STOPPED]
+    assert all(i.version == version for i in running), running
 
 
 @SETTINGS
 @given(worlds(chaos=True))
 def test_planner_sim_chaos_keeps_invariants_and_ends_explicitly(world: World) -> None:
+    _run_to_terminal(world)
+
+
+@SETTINGS
+@given(worlds(chaos=True, rollback=True))
+def test_planner_sim_chaos_rollback_keeps_invariants(world: World) -> None:
+    _run_to_terminal(world)
+
+
+def _run_to_terminal(world: World) -> None:
     for _ in range(2500):
         snap = world.snapshot()
         result = plan(snap)
         check_plan(world, snap, result)
         if world.state in TERMINAL_ROLLOUT_STATES:
-            break
+            return
         for action in result.actions:
             world.apply(action)
         world.events()
-    assert world.state in TERMINAL_ROLLOUT_STATES, "rollout neither succeeded nor failed"
+    raise AssertionError("rollout neither succeeded nor failed")
 
 
 def test_planner_sim_replay_proposes_the_same_plan() -> None:

@@ -121,6 +121,11 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     return progress
 
 
+def _some(ids: list[str], shown: int = 3) -> str:
+    """A few ids for a status line, the rest elided."""
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -315,6 +320,7 @@ class _Fleet:
     def _lifecycle(self, actions: list[Action], waits: list[str]) -> None:
         """Start → ready (right version) → smoke → table, for each target instance."""
         starting: list[str] = []
+        smoking: list[str] = []
         for instance in self.target_instances():
             rv = instance.running_version
             if rv is not None and rv != self.target:
@@ -332,12 +338,15 @@ class _Fleet:
                 waits.append(f"host {instance.host} has not reported the version of {instance.id}")
             elif instance.smoke == "pending":
                 actions.append(RunSmoke(instance_id=instance.id))
-                waits.append(f"smoke checks on {instance.id}")
+                smoking.append(instance.id)
             elif instance.smoke == "passed":
                 actions.append(AddToTable(instance_id=instance.id))
+        if smoking:
+            waits.append(f"smoke checks on {_some(smoking)}")
         if starting:
-            shown = ", ".join(starting[:3]) + (" …" if len(starting) > 3 else "")
-            waits.append(f"{_plural(len(starting), 'instance')} of {self.target} starting: {shown}")
+            waits.append(
+                f"{_plural(len(starting), 'instance')} of {self.target} starting: {_some(starting)}"
+            )
 
     def _grow(self, actions: list[Action], waits: list[str], budget: _Budget) -> None:
         """Start missing target instances; under ``rolling``, free slots by draining."""
@@ -356,8 +365,16 @@ class _Fleet:
             pending = sum(1 for i in mine if not is_serving(i))
             leaving_active = sum(1 for i in leaving if i.version in self.floors)
             moves_left = max(0, spec.batch - pending - leaving_active)
+            # max_surge counts above the larger of the old fleet and the new one: a
+            # rollout that shrinks the app does not need extra room to start.
             occupying = sum(1 for i in self.snap.instances if occupies_slot(i))
-            surge_room = max(0, spec.instances + spec.max_surge - occupying)
+            old_fleet = sum(
+                1
+                for i in self.snap.instances
+                if occupies_slot(i) and not is_leaving(i) and i.version != self.target
+            )
+            baseline = max(spec.instances, old_fleet)
+            surge_room = max(0, baseline + spec.max_surge - occupying)
             wanted = min(missing, moves_left, surge_room)
             if moves_left == 0:
                 waits.append(f"batch of {spec.batch} in flight")
@@ -627,13 +644,12 @@ class _Fleet:
                 actions.append(StopInstance(instance_id=instance.id))
             else:
                 draining_waits.append(why)
+        if draining_waits:
+            more = f" and {len(draining_waits) - 2} more" if len(draining_waits) > 2 else ""
+            waits.append("draining: " + "; ".join(draining_waits[:2]) + more)
         gone = [i.id for i in self.snap.instances if i.desired == "stopped" and occupies_slot(i)]
         if gone:
-            more = " …" if len(gone) > 2 else ""
-            draining_waits.append("agents stopping " + ", ".join(gone[:2]) + more)
-        if draining_waits:
-            more = " …" if len(draining_waits) > 2 else ""
-            waits.append("draining: " + "; ".join(draining_waits[:2]) + more)
+            waits.append(f"agents stopping {_some(gone, 2)}")
 
     def _maybe_retire(
         self, name: str, taking: list[str], actions: list[Action], waits: list[str]
@@ -642,7 +658,8 @@ class _Fleet:
         carry = sum(self.serving[v] * self.versions[v].capacity for v in taking)
         ready = sum(self.serving[v] for v in taking)
         need = (sum(self.versions[v].load for v in taking) + view.load) * self.spec.headroom
-        fits = ready > 0 and carry + EPS >= need
+        # Moving no load breaks no floor, even where the others are already short.
+        fits = ready > 0 and (view.load <= EPS or carry + EPS >= need)
         if self.spec.rollback_of == name:
             if fits:
                 actions.append(RetireVersion(version=name, reason="rolled_back"))
