@@ -2,8 +2,10 @@
 jar, each making a few requests with think time, checking the version of every answer.
 
 A session is *mixed* when its answers came from more than one version (by the router's
-``Skewless-Version`` header or the app's own ``X-App-Version``); a request *failed* when
-it raised or answered anything but 200. Bounded: it stops at ``stop()`` or its deadline.
+``Skewless-Version`` header or the app's own ``X-App-Version``) and the router did not
+announce the switch with ``Skewless-Repinned: OLD -> NEW`` (the one exception DESIGN.md
+allows: a release rolled back for being broken); a request *failed* when it raised or
+answered anything but 200. Bounded: it stops at ``stop()`` or its deadline.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class Answer:
     version: str | None
     status: int | None
     error: str | None = None
+    repinned: str | None = None
+    """The router's ``Skewless-Repinned: OLD -> NEW`` header, when it re-pinned us."""
 
 
 @dataclass
@@ -33,6 +37,21 @@ class Session:
     @property
     def versions(self) -> set[str]:
         return {a.version for a in self.answers if a.version}
+
+    @property
+    def unexplained_switches(self) -> list[str]:
+        """Version changes within the session that the router did not announce as a
+        re-pin (invariant 2 allows only those, after a rollback of a broken release)."""
+        out: list[str] = []
+        previous: str | None = None
+        for a in self.answers:
+            if a.version is None:
+                continue
+            switched = previous is not None and a.version != previous
+            if switched and a.repinned != f"{previous} -> {a.version}":
+                out.append(f"{previous} -> {a.version}")
+            previous = a.version
+        return out
 
     @property
     def first_version(self) -> str | None:
@@ -100,7 +119,12 @@ class SessionLoad:
                             with self._lock:
                                 self.problems.append(f"router said {router_v}, app said {app_v}")
                         session.answers.append(
-                            Answer(sent=sent, version=app_v or router_v, status=r.status_code)
+                            Answer(
+                                sent=sent,
+                                version=app_v or router_v,
+                                status=r.status_code,
+                                repinned=r.headers.get("skewless-repinned"),
+                            )
                         )
                     except httpx.HTTPError as exc:
                         session.answers.append(
@@ -126,7 +150,11 @@ class SessionLoad:
         ]
 
     def mixed(self) -> list[Session]:
-        return [s for s in self.snapshot() if len(s.versions) > 1]
+        """Sessions served by two versions without the router announcing a re-pin."""
+        return [s for s in self.snapshot() if s.unexplained_switches]
+
+    def repinned(self) -> list[Session]:
+        return [s for s in self.snapshot() if len(s.versions) > 1 and not s.unexplained_switches]
 
     def last_sent_to(self, version: str) -> float:
         return max(

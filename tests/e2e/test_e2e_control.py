@@ -83,12 +83,13 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
         weights = {v["version"]: v["weight"] for v in fleet.status("shop")["versions"]}
         assert weights["v1"] == 1.0 and weights.get("v2", 0.0) == 0.0
 
-        # Now release v2 for real, then roll it back.
-        done = fleet.deploy("shop", "v2", *COMMON, "--strategy", "side-by-side")
+        # Releases are immutable: the next try is a new version, v3. Release it, then
+        # roll it back.
+        done = fleet.deploy("shop", "v3", *COMMON, "--strategy", "side-by-side")
         assert done.returncode == 0, done.stdout + done.stderr
-        wait_for("new sessions on v2", lambda: fleet.serves("v2"), timeout=30)
+        wait_for("new sessions on v3", lambda: fleet.serves("v3"), timeout=30)
         pinned = httpx.Client(base_url=fleet.http, timeout=5)
-        assert pinned.get("/").headers["x-app-version"] == "v2"
+        assert pinned.get("/").headers["x-app-version"] == "v3"
         back = fleet.cli("rollback", "shop")
         assert back.returncode == 0, back.stderr
         wait_for(
@@ -102,18 +103,20 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
         wait_for("new sessions on v1", lambda: fleet.serves("v1"), timeout=30)
         load.stop()
     assert load.failures() == [], load.failures()[:5]
-    assert [s.versions for s in load.mixed()] == []
-    # A session pinned to the rolled-back release is re-pinned, and told so, once v2 is gone.
+    # Sessions switch version only when re-pinned away from the rolled-back v3, and told.
+    assert [s.unexplained_switches for s in load.mixed()] == []
+    assert {v for s in load.repinned() for v in s.versions} <= {"v1", "v3"}
+    # A session pinned to the rolled-back release is re-pinned, and told so, once v3 is gone.
     wait_for(
-        "v2 to be retired",
-        lambda: fleet.version_state("shop", "v2") in (None, "retired"),
+        "v3 to be retired",
+        lambda: fleet.version_state("shop", "v3") in (None, "retired"),
         timeout=60,
     )
     r = pinned.get("/")
     pinned.close()
     assert r.status_code == 200
     assert r.headers["x-app-version"] == "v1"
-    assert r.headers.get("skewless-repinned") == "v2 -> v1"
+    assert r.headers.get("skewless-repinned") == "v3 -> v1"
 
 
 def test_controller_killed_mid_rollout_resumes(fleet: Fleet) -> None:

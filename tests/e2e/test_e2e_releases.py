@@ -54,6 +54,7 @@ def release_under_load(fleet: Fleet, strategy: str) -> None:
             )
     assert load.failures() == [], load.failures()[:5]
     assert [s.versions for s in load.mixed()] == []
+    assert load.repinned() == []  # nothing was rolled back: no re-pin either
     assert load.problems == []
     assert load.versions_seen() == {"v1", "v2"}
     # The release happened *under* sessions: some session pinned to v1 was still being
