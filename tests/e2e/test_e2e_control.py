@@ -92,6 +92,20 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
         assert pinned.get("/").headers["x-app-version"] == "v3"
         back = fleet.cli("rollback", "shop")
         assert back.returncode == 0, back.stderr
+
+        # The pinned session keeps going (within its idle timeout) and is moved to v1 by
+        # the router once v3 is rolled back, with a header saying so.
+        def moved() -> httpx.Response | None:
+            r = pinned.get("/")
+            assert r.status_code == 200
+            return r if r.headers["x-app-version"] != "v3" else None
+
+        try:
+            switch = wait_for("the pinned session to leave v3", moved, timeout=60, every=0.5)
+        finally:
+            pinned.close()
+        assert switch.headers["x-app-version"] == "v1"
+        assert switch.headers.get("skewless-repinned") == "v3 -> v1"
         wait_for(
             "the rollback to end",
             lambda: (
@@ -106,17 +120,11 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
     # Sessions switch version only when re-pinned away from the rolled-back v3, and told.
     assert [s.unexplained_switches for s in load.mixed()] == []
     assert {v for s in load.repinned() for v in s.versions} <= {"v1", "v3"}
-    # A session pinned to the rolled-back release is re-pinned, and told so, once v3 is gone.
     wait_for(
         "v3 to be retired",
         lambda: fleet.version_state("shop", "v3") in (None, "retired"),
         timeout=60,
     )
-    r = pinned.get("/")
-    pinned.close()
-    assert r.status_code == 200
-    assert r.headers["x-app-version"] == "v1"
-    assert r.headers.get("skewless-repinned") == "v3 -> v1"
 
 
 def test_controller_killed_mid_rollout_resumes(fleet: Fleet) -> None:
