@@ -32,11 +32,18 @@ def test_side_by_side_success_then_retire_when_sessions_idle(fleet: Fleet) -> No
     wait_for(lambda: fleet.rollout_state("succeeded"), what="v1 rollout")
     fleet.router.traffic["v1"] = {"rps": 2.0, "sessions": 3, "last_pinned_at": fleet.clock()}
     fleet.deploy("v2", strategy="side-by-side", session={"idle_timeout": 300})
-    status = wait_for(lambda: fleet.rollout_state("succeeded"), what="v2 live")
+    wait_for(lambda: fleet.rollout_state("succeeded"), what="v2 live")
+    status = wait_for(
+        lambda: (
+            "v1 keeps serving its sessions"
+            in ((s := fleet.status())["rollout"]["waiting_for"] or "")
+            and s
+        ),
+        what="v1 still serving",
+    )
     v1, v2 = status["versions"]
     assert (v2["state"], v2["weight"], len(v2["instances"])) == ("live", 1.0, 2)
     assert v1["state"] == "draining" and v1["instances"], "v1 keeps serving its sessions"
-    assert "v1 keeps serving its sessions" in (status["rollout"]["waiting_for"] or "")
     # sessions end; once the idle timeout has passed v1 retires and its instances stop
     fleet.router.traffic["v1"] = {"rps": 0.0, "sessions": 0, "last_pinned_at": fleet.clock()}
     fleet.clock.offset += 301

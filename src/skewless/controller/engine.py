@@ -259,7 +259,8 @@ class Engine:
                 now,
                 event=_gist(plan.waiting_for) != _gist(rollout.waiting_for),
             )
-        for action in plan.actions:
+        actions = () if rollout.state == RolloutState.PAUSED else plan.actions
+        for action in actions:
             current = self.store.get_rollout(rollout_id)
             if current is None or current.state != rollout.state:
                 break  # paused, aborted or rolled back while we were busy
