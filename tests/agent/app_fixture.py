@@ -30,8 +30,14 @@ def main() -> None:
     if args.crash:
         print(f"fixture {args.version}: boom, cannot start", file=sys.stderr, flush=True)
         sys.exit(3)
-    if args.ignore_term:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def on_term(signum: int, frame: object) -> None:
+        # Say so on stderr: tests read it to see that a stop began with SIGTERM.
+        print(f"fixture {args.version}: got SIGTERM", file=sys.stderr, flush=True)
+        if not args.ignore_term:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     if args.child:
         # A grandchild in our process group: a stop must take it down too.
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

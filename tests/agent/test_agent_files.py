@@ -120,3 +120,15 @@ def test_a_pid_is_ours_only_with_its_start_time() -> None:
         child.kill()
         child.wait()
     assert not is_ours(child.pid, info.start_time)
+
+
+def test_log_dirs_of_forgotten_instances_go_after_their_retention(tmp_path: Path) -> None:
+    for name in ("kept", "old", "recent"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stderr.log").write_text("x\n")
+    os.utime(tmp_path / "old" / "stderr.log", (1000, 1000))
+    os.utime(tmp_path / "kept" / "stderr.log", (1000, 1000))
+    now = (tmp_path / "recent" / "stderr.log").stat().st_mtime
+    removed = logs.prune_dirs(tmp_path, keep={"kept"}, older_than=3600, now=now)
+    assert removed == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "recent"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import signal
 import sys
 import tarfile
@@ -154,3 +155,17 @@ def test_mutating_calls_need_the_token(agent: Any) -> None:
     ok = httpx.post(f"{agent.url}/v1/reload", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 202
     assert httpx.get(f"{agent.url}/v1/status").status_code == 200
+
+
+def test_sighup_rereads_the_desired_file(agent: Any) -> None:
+    agent.write_desired(1)
+    agent.start()
+    before = agent.desired_path.stat()
+    # Rewrite in place with the same size and times: only SIGHUP can reveal the change.
+    text = agent.desired_path.read_text()
+    agent.desired_path.write_text(text.replace('"generation": 1', '"generation": 7'))
+    os.utime(agent.desired_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert agent.status()["generation"] == 1
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for("generation 7", lambda: agent.status()["generation"] == 7)

@@ -39,6 +39,8 @@ def test_two_versions_side_by_side_then_one_stopped(agent: Any) -> None:
     agent.write_desired(3, dict(v1, desired="stopped"), v2)
     stopped = agent.wait_state(v1["id"], "stopped")
     assert stopped["pid"] is None
+    stderr = httpx.get(f"{agent.url}/v1/instances/{v1['id']}/logs?stream=stderr").json()
+    assert stderr["stderr"][-1] == "fixture v1: got SIGTERM" and "stdout" not in stderr
     assert agent.pids("v1/0") == []  # the whole group, child included
     assert agent.instances()[v2["id"]]["pid"] == b["pid"]
 
@@ -97,6 +99,9 @@ def test_drain_timeout_ends_in_sigkill(agent: Any) -> None:
     agent.wait_state(spec["id"], "stopped")
     assert ready["pid"] not in agent.pids()
     assert agent.pids() == []
+    # It was asked politely first, ignored it, and was killed after the drain timeout.
+    logs = httpx.get(f"{agent.url}/v1/instances/{spec['id']}/logs", params={"tail": 1}).json()
+    assert logs["stderr"] == ["fixture v1: got SIGTERM"]
 
 
 def test_stop_instances_on_exit(agent: Any) -> None:

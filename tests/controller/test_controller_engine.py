@@ -31,10 +31,11 @@ class Clock:
 
 
 class Fleet:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, real_planner: bool = False) -> None:
         self.clock = Clock()
         self.store = SqliteStore(tmp_path / "c.db")
-        self.app = create_app(self.store, clock=self.clock, planner=plan, tick=0.05)
+        planner = None if real_planner else plan  # None: skewless.core.planner.plan
+        self.app = create_app(self.store, clock=self.clock, planner=planner, tick=0.05)
 
     def __enter__(self) -> Fleet:
         self.server = ServerThread(self.app).__enter__()

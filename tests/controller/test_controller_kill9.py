@@ -28,8 +28,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Controller:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, planner: str) -> None:
         self.state = state
+        self.planner = planner
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
 
@@ -46,7 +47,7 @@ class Controller:
                 "--state-dir",
                 str(self.state),
                 "--planner",
-                "controller_fakes:plan_one",
+                self.planner,
                 "--tick",
                 "0.3",
             ],
@@ -79,9 +80,9 @@ class Controller:
             self.kill9()
 
 
-@pytest.fixture
-def controller(tmp_path: Path) -> Iterator[Controller]:
-    c = Controller(tmp_path / "state")
+@pytest.fixture(params=["controller_fakes:plan_one", "skewless.core.planner:plan"])
+def controller(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Controller]:
+    c = Controller(tmp_path / "state", request.param)
     try:
         c.start()
         yield c

@@ -516,7 +516,7 @@ def test_planner_abort_sends_new_sessions_back_and_stops_unfinished_instances() 
         state=RolloutState.ABORTED,
     )
     result = plan(s)
-    assert keys(result) == ["weights:0:v1=1,v2=0", "stop:h1/shop/v2/1"]
+    assert keys(result) == ["weights:0:v1=1,v2=0@5", "stop:h1/shop/v2/1"]
 
 
 def test_planner_deadline_is_not_hit_while_actions_move_the_rollout() -> None:
@@ -553,3 +553,18 @@ def test_planner_add_is_proposed_for_each_smoked_instance_only_once_visible() ->
         not in plan(replace(s, instances=(inst("h2/shop/v1/0"), added))).actions
     )
     assert RunSmoke(instance_id="h1/shop/v2/0") not in plan(s).actions
+
+
+def test_planner_strict_success_waits_for_old_versions_to_be_gone() -> None:
+    waiting = (
+        ver("v1", 0.0, sessions=5, last_pinned_at=999.0, weight_zero_since=990.0),
+        ver("v2", 1.0),
+    )
+    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=waiting, success_after_retirement=True)
+    held = plan(s)
+    assert held.actions == ()
+    assert held.waiting_for is not None and "v1 keeps serving its sessions" in held.waiting_for
+    retired = (ver("v1", 0.0, state=VersionState.RETIRED), ver("v2", 1.0))
+    stopped = inst("h1/shop/v1/0", desired="stopped", state=InstanceState.STOPPED, table="absent")
+    done = plan(replace(s, versions=retired, instances=(stopped, *LIVE_V2)))
+    assert keys(done) == ["finish:succeeded"]

@@ -73,6 +73,12 @@ class Ver:
 class Chaos:
     crash: float = 0.0
     """Per tick and instance: a ready instance fails (agent gave up)."""
+    restart: float = 0.0
+    """Per tick and instance: a ready instance crashes and the agent restarts it."""
+    engine_crash: float = 0.0
+    """Per plan: the engine dies after taking only some of the actions."""
+    host_down: float = 0.0
+    """Per tick and host: the agent stops reporting (or comes back)."""
     start_fail: float = 0.0
     wrong_version: float = 0.0
     smoke_fail: float = 0.0
@@ -233,6 +239,8 @@ class World:
                     inst.running_version = "v0-unexpected" if wrong else inst.version
             elif inst.state is InstanceState.READY and rng.random() < chaos.crash:
                 inst.state = InstanceState.FAILED
+            elif inst.state is InstanceState.READY and rng.random() < chaos.restart:
+                inst.state = InstanceState.STARTING
             if inst.smoke_requested and inst.smoke == "pending" and rng.random() < 0.7:
                 inst.smoke = "failed" if rng.random() < chaos.smoke_fail else "passed"
             if inst.table == "draining":
@@ -241,6 +249,9 @@ class World:
                 inst.inflight = rng.randint(0, 5)
         if rng.random() < 0.7:
             self.routers_generation = self.table_generation
+        for k, host in enumerate(self.hosts):
+            if rng.random() < chaos.host_down:
+                self.hosts[k] = replace(host, alive=not host.alive)
         if self.load_walk:
             walked = self.total_load * rng.uniform(0.8, 1.2)
             self.total_load = min(max(walked, 0.5 * self.base_load), 1.5 * self.base_load)
@@ -300,6 +311,8 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
     assert len(keys) == len(set(keys)), f"duplicate actions {keys}"
     for action in result.actions:
         assert not world.effect_visible(action), f"{action.key} already visible"
+        # The engine never takes a key twice: a key it took must never be needed again.
+        assert action.key not in world.applied or isinstance(action, RunSmoke), action.key
     if not result.actions and not result.settled:
         assert result.waiting_for, f"no actions, not settled, no reason in {snap.state}"
     if snap.state is RolloutState.PAUSED:
@@ -340,6 +353,22 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
             else:
                 # Invariant 3: no retirement before idle timeout / max lifetime.
                 assert retirable(view, spec, snap.now), (action, view, snap.now)
+        if isinstance(action, FinishRollout) and action.state is RolloutState.SUCCEEDED:
+            target = views[spec.to_version]
+            assert target.weight == 1.0
+            live = [i for i in snap.instances if i.version == spec.to_version and serving(snap, i)]
+            assert len(live) == spec.instances, "success before the target is fully live"
+            if spec.success_after_retirement:
+                others = [v for v in views.values() if v.version != spec.to_version]
+                assert all(v.state is VersionState.RETIRED for v in others)
+                assert all(
+                    i.version == spec.to_version
+                    for i in snap.instances
+                    if not (
+                        i.desired == "stopped"
+                        and i.state in (InstanceState.STOPPED, InstanceState.FAILED)
+                    )
+                )
         if isinstance(action, SetWeights):
             assert abs(sum(w for _, w in action.weights) - 1.0) < 1e-6
             for name, weight in action.weights:
@@ -347,6 +376,7 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
                     assert before.get(name, 0) > 0, f"weight {weight} to {name} with no ready"
         if isinstance(action, StartInstance):
             host = next(h for h in snap.hosts if h.id == action.host)
+            assert host.alive, f"start on {host.id}, which is down"
             used = sum(
                 1
                 for i in snap.instances
@@ -435,6 +465,7 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
         rollback_of=old if rollback else None,
+        success_after_retirement=draw(st.booleans()),
     )
     versions = {
         old: Ver(
@@ -462,6 +493,9 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         instances=instances_map,
         chaos=Chaos(
             crash=level / 4,
+            restart=level,
+            engine_crash=level * 2,
+            host_down=level / 2,
             start_fail=level,
             wrong_version=level,
             smoke_fail=level,
@@ -540,7 +574,11 @@ def _run_to_terminal(world: World) -> None:
         check_plan(world, snap, result)
         if world.state in TERMINAL_ROLLOUT_STATES:
             return
-        for action in result.actions:
+        actions = list(result.actions)
+        if actions and world.rng.random() < world.chaos.engine_crash:
+            # kill -9 mid-plan: only a prefix was taken; the next plan starts afresh.
+            actions = actions[: world.rng.randrange(len(actions))]
+        for action in actions:
             world.apply(action)
         world.events()
     raise AssertionError("rollout neither succeeded nor failed")

@@ -26,9 +26,10 @@ from typing import Any
 import uvicorn
 
 from skewless.agent.api import build_app
+from skewless.agent.instance import AgentOptions
 from skewless.agent.sources import ControllerSource, FileSource, load_last_good
 from skewless.agent.state_dir import StateDir
-from skewless.agent.supervisor import AgentOptions, Supervisor
+from skewless.agent.supervisor import Supervisor
 from skewless.core.backoff import BackoffPolicy
 from skewless.core.errors import ConfigError, SkewlessError
 

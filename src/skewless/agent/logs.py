@@ -51,3 +51,23 @@ def rotate_if_big(path: Path, max_bytes: int, keep: int) -> bool:
     shutil.copyfile(path, path.with_name(f"{path.name}.1"))
     os.truncate(path, 0)
     return True
+
+
+def prune_dirs(root: Path, *, keep: set[str], older_than: float, now: float) -> list[str]:
+    """Remove log directories not in ``keep`` untouched since ``now - older_than``.
+
+    The output of a stopped or failed instance stays readable for a while (that is when
+    people want it), then goes.
+    """
+    removed = []
+    for d in root.iterdir():
+        if not d.is_dir() or d.name in keep:
+            continue
+        try:
+            newest = max((f.stat().st_mtime for f in d.iterdir()), default=d.stat().st_mtime)
+        except OSError:
+            continue
+        if now - newest > older_than:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed

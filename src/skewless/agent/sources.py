@@ -152,6 +152,7 @@ class ControllerSource:
                 continue
             pause = 0.5
             if resp.status_code == 204:
+                self._problem(None)
                 continue
             if resp.status_code != 200:
                 self._problem(f"controller answered {resp.status_code} to GET {url}")
@@ -193,3 +194,5 @@ class ControllerSource:
                 continue
             if resp.status_code >= 300:
                 self._problem(f"controller answered {resp.status_code} to POST {url}")
+            elif self.error is not None and "unreachable" in self.error:
+                self._problem(None)

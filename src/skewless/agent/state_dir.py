@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 
@@ -69,9 +70,9 @@ class StateDir:
     def drop_record(self, instance_id: str) -> None:
         self.record_path(instance_id).unlink(missing_ok=True)
 
-    def load_records(self) -> list[tuple[str, dict[str, object] | None]]:
+    def load_records(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Every record as (instance id, data); data is None when the file is unreadable."""
-        out: list[tuple[str, dict[str, object] | None]] = []
+        out: list[tuple[str, dict[str, Any] | None]] = []
         for path in sorted(self.instances.glob("*.json")):
             ident = unquote(path.name[: -len(".json")])
             try:

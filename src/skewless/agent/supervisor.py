@@ -28,20 +28,22 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from skewless.agent import artifacts, logs
+from skewless.agent.health import probe
+from skewless.agent.instance import AgentOptions, Instance
+from skewless.agent.ports import allocate_port, port_free
 from skewless.agent.procs import Proc, is_ours, spawn
+from skewless.agent.report import build_report, report_key
 from skewless.agent.state_dir import StateDir
-from skewless.core.backoff import BackoffPolicy, GiveUp, on_crash
+from skewless.core.backoff import GiveUp, on_crash
 from skewless.core.desired import (
     DesiredState,
     InstanceSpec,
@@ -50,18 +52,16 @@ from skewless.core.desired import (
     spec_to_json,
 )
 from skewless.core.errors import ConfigError, SkewlessError
-from skewless.core.model import INSTANCE_TRANSITIONS, InstanceState, advance
+from skewless.core.model import InstanceState
 from skewless.core.supervise import (
     AgentAction,
     FailStart,
     Forget,
     MarkStopped,
-    Observed,
     Refuse,
     Start,
     Stop,
     decide,
-    reported_state,
 )
 
 S = InstanceState
@@ -69,61 +69,6 @@ PRIVATE_ENV = frozenset({"SKEWLESS_TOKEN"})
 """The agent's own secrets are not passed on to the apps it runs."""
 STDERR_TAIL = 10
 """Lines of stderr put into a failure reason."""
-
-
-@dataclass(kw_only=True)
-class AgentOptions:
-    host_id: str
-    slots: int = 4
-    ports: tuple[int, int] = (20000, 29999)
-    advertise: str = "127.0.0.1"
-    """Host part of the addresses reported for instances."""
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    keep_releases: int = 3
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_keep: int = 3
-    tick: float = 0.2
-
-
-@dataclass(kw_only=True)
-class Instance:
-    """One supervised instance: its release, its process (if any) and what we saw of it."""
-
-    id: str
-    spec: InstanceSpec
-    """The release this record runs or last ran (its ``desired`` is not used here)."""
-    port: int
-    state: InstanceState = S.STARTING
-    proc: Proc | None = None
-    preparing: bool = False
-    stopping: bool = False
-    restart_at: float | None = None
-    crashes: tuple[float, ...] = ()
-    restarts: int = 0
-    starting_since: float | None = None
-    health: dict[str, Any] | None = None
-    next_check: float = 0.0
-    checking: bool = False
-    reason: str | None = None
-
-    def __repr__(self) -> str:
-        pid = self.proc.pid if self.proc else None
-        return f"<Instance {self.id} {self.state.value} pid={pid} port={self.port}>"
-
-    def move(self, target: InstanceState) -> None:
-        self.state = advance(INSTANCE_TRANSITIONS, self.state, target)
-
-    def observed(self) -> Observed:
-        return Observed(
-            id=self.id,
-            release_key=self.spec.release_key,
-            state=self.state,
-            alive=self.preparing or self.proc is not None,
-            stopping=self.stopping,
-            restart_at=self.restart_at,
-            # Fetching an artifact does not count against the start timeout.
-            starting_since=None if self.preparing else self.starting_since,
-        )
 
 
 class Supervisor:
@@ -180,12 +125,22 @@ class Supervisor:
             try:
                 if data is None:
                     raise ConfigError("unreadable record")
-                spec = parse_desired({"instances": [data["spec"]]}).instances[0]
                 pid, start, port = int(data["pid"]), int(data["start_time"]), int(data["port"])
             except (KeyError, TypeError, ValueError, SkewlessError):
                 self.dir.drop_record(ident)
                 continue
             if not is_ours(pid, start):
+                self.dir.drop_record(ident)
+                continue
+            try:
+                spec = parse_desired({"instances": [data["spec"]]}).instances[0]
+            except (KeyError, SkewlessError) as exc:
+                # Ours, but we cannot tell what it runs: never leave it unsupervised.
+                print(
+                    f"skewless agent: {ident}: bad record ({exc}); killing pid {pid}",
+                    file=sys.stderr,
+                )
+                Proc(pid=pid, start_time=start).signal(signal.SIGKILL)
                 self.dir.drop_record(ident)
                 continue
             inst = Instance(
@@ -217,7 +172,10 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(health, housekeeping, *self._tasks, return_exceptions=True)
-            await self._client.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     def tick(self) -> None:
         now = self.clock()
@@ -232,8 +190,15 @@ class Supervisor:
             )
             self.refused = {}
             for action in actions:
-                self._apply(action, now)
-        key = self._report_key()
+                try:
+                    self._apply(action, now)
+                except SkewlessError as exc:
+                    # One instance's trouble must not stop the supervision of the others.
+                    print(
+                        f"skewless agent: {action.kind} {action.instance_id}: {exc}",
+                        file=sys.stderr,
+                    )
+        key = report_key(self.report())
         if key != self._last_report_key:
             self._last_report_key = key
             self.changed.set()
@@ -286,7 +251,12 @@ class Supervisor:
     def _begin_start(self, spec: InstanceSpec, now: float) -> None:
         inst = self.instances.get(spec.id)
         if inst is None:
-            inst = Instance(id=spec.id, spec=spec, port=self._allocate_port(None))
+            try:
+                port = self._allocate_port(None)
+            except ConfigError as exc:
+                self.refused[spec.id] = Refuse(instance_id=spec.id, reason=str(exc), waiting=False)
+                return
+            inst = Instance(id=spec.id, spec=spec, port=port)
             self.instances[spec.id] = inst
         else:
             if inst.restart_at is not None and inst.spec.release_key == spec.release_key:
@@ -316,7 +286,7 @@ class Supervisor:
                     )
                     await asyncio.to_thread(self._prune, spec.app)
                 cwd = str(release_dir / spec.cwd) if spec.cwd else str(release_dir)
-            if not self._port_free(inst.port):
+            if not port_free(inst.port):
                 inst.port = self._allocate_port(inst.id)
             port = str(inst.port)
             argv = [arg.replace("{port}", port) for arg in spec.command]
@@ -358,25 +328,7 @@ class Supervisor:
 
     def _allocate_port(self, own: str | None) -> int:
         taken = {i.port for i in self.instances.values() if i.id != own}
-        lo, hi = self.opts.ports
-        # Start at a random place so that several agents sharing a range rarely collide.
-        span = hi - lo + 1
-        offset = int.from_bytes(os.urandom(4), "big") % span
-        for k in range(span):
-            port = lo + (offset + k) % span
-            if port not in taken and self._port_free(port):
-                return port
-        raise ConfigError(f"no free port left in --ports {lo}-{hi}")
-
-    @staticmethod
-    def _port_free(port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                return False
-        return True
+        return allocate_port(*self.opts.ports, taken)
 
     # ---- exits, crashes and stops ------------------------------------------------------
 
@@ -478,40 +430,41 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _check(self, inst: Instance, proc: Proc) -> None:
-        h = inst.spec.health
-        url = f"http://127.0.0.1:{inst.port}{h.path}"
-        status: int | None = None
-        error: str | None = None
         try:
-            resp = await self._client.get(url, timeout=h.timeout)
-            status = resp.status_code
-            ok = status == h.status if h.status is not None else 200 <= status < 300
-            if not ok:
-                error = f"health {h.path} answered {status}"
-        except httpx.HTTPError as exc:
-            ok = False
-            error = f"health {h.path}: {type(exc).__name__} {exc}".strip()
+            result = await probe(self._client, inst.port, inst.spec.health, self.wall)
         finally:
             inst.checking = False
         if inst.proc is not proc or inst.stopping:
             return  # it was restarted or is stopping: this answer is about the past
-        inst.health = {"ok": ok, "status": status, "at": self.wall(), "error": error}
+        inst.health = result
+        interval = inst.spec.health.interval
         if inst.state == S.STARTING:
-            inst.next_check = self.clock() + min(0.2, h.interval)
-            if ok:
+            # Poll faster while starting: readiness is what a rollout waits for.
+            inst.next_check = self.clock() + min(0.2, interval)
+            if result["ok"]:
                 inst.move(S.READY)
                 inst.starting_since = None
                 inst.reason = None
                 self._save(inst)
                 self.poke()
         else:
-            inst.next_check = self.clock() + h.interval
+            inst.next_check = self.clock() + interval
 
     # ---- housekeeping ----------------------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(5.0)
+            keep = {self.dir.key(ident) for ident in self.instances}
+            if self.desired is not None:
+                keep |= {self.dir.key(spec.id) for spec in self.desired.instances}
+            await asyncio.to_thread(
+                logs.prune_dirs,
+                self.dir.logs,
+                keep=keep,
+                older_than=self.opts.log_retention,
+                now=self.wall(),
+            )
             for ident in list(self.instances):
                 log_dir = self.dir.log_dir(ident)
                 for stream in logs.STREAMS:
@@ -550,87 +503,12 @@ class Supervisor:
         return reason + "; stderr tail:\n" + "\n".join(tail)
 
     def report(self) -> dict[str, Any]:
-        """The agent report of the BRIEF, plus the refused desired instances."""
-        desired = self.desired
-        rows: list[dict[str, Any]] = []
-        for inst in self.instances.values():
-            spec = desired.get(inst.id) if desired else None
-            rows.append(
-                {
-                    "id": inst.id,
-                    "app": inst.spec.app,
-                    "version": inst.spec.version,
-                    "state": reported_state(inst.state, spec.desired if spec else None).value,
-                    "address": f"{self.opts.advertise}:{inst.port}",
-                    "pid": inst.proc.pid if inst.proc else None,
-                    "restarts": inst.restarts,
-                    "health": inst.health,
-                    "reason": inst.reason,
-                    "desired": spec.desired if spec else None,
-                }
-            )
-        for ident, refusal in self.refused.items():
-            if ident in self.instances or desired is None:
-                continue
-            spec = desired.get(ident)
-            assert spec is not None
-            rows.append(
-                {
-                    "id": ident,
-                    "app": spec.app,
-                    "version": spec.version,
-                    "state": "starting" if refusal.waiting else "failed",
-                    "address": None,
-                    "pid": None,
-                    "restarts": 0,
-                    "health": None,
-                    "reason": refusal.reason,
-                    "desired": spec.desired,
-                    "refused": True,
-                }
-            )
-        if desired is not None:
-            shown = {r["id"] for r in rows}
-            for spec in desired.instances:
-                if spec.id not in shown:
-                    rows.append(
-                        {
-                            "id": spec.id,
-                            "app": spec.app,
-                            "version": spec.version,
-                            "state": "stopped",
-                            "address": None,
-                            "pid": None,
-                            "restarts": 0,
-                            "health": None,
-                            "reason": None,
-                            "desired": spec.desired,
-                        }
-                    )
-        return {
-            "host_id": self.opts.host_id,
-            "slots": self.opts.slots,
-            "generation": desired.generation if desired else 0,
-            "time": self.wall(),
-            "desired_error": self.desired_error,
-            "instances": rows,
-        }
-
-    def _report_key(self) -> object:
-        rep = self.report()
-        return (
-            rep["generation"],
-            rep["desired_error"],
-            tuple(
-                (
-                    r["id"],
-                    r["state"],
-                    r["pid"],
-                    r["restarts"],
-                    r["reason"],
-                    r["address"],
-                    (r["health"] or {}).get("ok"),
-                )
-                for r in rep["instances"]
-            ),
+        """The agent report of the BRIEF, plus refused instances and the desired error."""
+        return build_report(
+            opts=self.opts,
+            desired=self.desired,
+            desired_error=self.desired_error,
+            instances=self.instances,
+            refused=self.refused,
+            now=self.wall(),
         )

@@ -63,6 +63,8 @@ class DeployBody(BaseModel):
     headroom: float | None = None
     progress_deadline: float | None = None
     session: SessionBody | None = None
+    step_interval: float | None = None
+    analysis: bool | dict[str, float] | None = None
 
 
 class RollbackBody(BaseModel):

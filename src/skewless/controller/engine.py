@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -41,7 +43,7 @@ from typing import Any
 
 from skewless.controller import tables
 from skewless.controller.smoke import run_smoke
-from skewless.controller.snapshot import build_snapshot
+from skewless.controller.snapshot import build_snapshot, step_baseline
 from skewless.controller.store import InstanceRow, JournalRow, RolloutRow, Store, VersionRow
 from skewless.controller.tables import agent_instances
 from skewless.controller.watch import Watch
@@ -212,11 +214,16 @@ class Engine:
     # ---- planning -------------------------------------------------------------------
 
     async def step_all(self) -> None:
-        for rollout in self.store.active_rollouts():
+        for rollout in self.store.unsettled_rollouts():
             await self.step(rollout.id)
 
     async def step(self, rollout_id: int) -> Plan | None:
-        """Plan once for a rollout and take the actions; None when it is not progressing."""
+        """Plan once for a rollout and take the actions; None when there is nothing to plan.
+
+        Terminal rollouts are planned too until the planner says ``settled``: after
+        success the old version still retires when its sessions end, and after a failure
+        or an abort the failed version does.
+        """
         self.steps += 1
         rollout = self.store.get_rollout(rollout_id)
         if rollout is None:
@@ -236,7 +243,7 @@ class Engine:
             self.watch.notify()
             rollout = self.store.get_rollout(rollout_id)
             assert rollout is not None
-        if rollout.state != RolloutState.PROGRESSING:
+        if rollout.settled:
             return None
         snapshot = build_snapshot(self.store, rollout, now)
         try:
@@ -246,22 +253,42 @@ class Engine:
             self._note_waiting(rollout, f"planner error: {type(exc).__name__}: {exc}", now)
             return None
         if plan.waiting_for != rollout.waiting_for:
-            self._note_waiting(rollout, plan.waiting_for, now)
-        for action in plan.actions:
+            self._note_waiting(
+                rollout,
+                plan.waiting_for,
+                now,
+                event=_gist(plan.waiting_for) != _gist(rollout.waiting_for),
+            )
+        actions = () if rollout.state == RolloutState.PAUSED else plan.actions
+        for action in actions:
             current = self.store.get_rollout(rollout_id)
-            if current is None or current.state != RolloutState.PROGRESSING:
+            if current is None or current.state != rollout.state:
                 break  # paused, aborted or rolled back while we were busy
             await self.take(current, action)
             if isinstance(action, FinishRollout):
                 break
         else:
+            if plan.settled and not plan.actions:
+                with self.store.transaction():
+                    self.store.update_rollout(rollout_id, settled=True, waiting_for=None)
+                    self.store.add_event(
+                        app=rollout.app,
+                        kind="settled",
+                        message=f"rollout {rollout.id} to {rollout.to_version} settled: "
+                        "nothing left to retire",
+                        now=now,
+                        data={"rollout_id": rollout.id},
+                    )
+                self.watch.notify()
             self._check_deadline(rollout_id, plan)
         return plan
 
-    def _note_waiting(self, rollout: RolloutRow, waiting_for: str | None, now: float) -> None:
+    def _note_waiting(
+        self, rollout: RolloutRow, waiting_for: str | None, now: float, *, event: bool = True
+    ) -> None:
         with self.store.transaction():
             self.store.update_rollout(rollout.id, waiting_for=waiting_for)
-            if waiting_for:
+            if waiting_for and event:
                 self.store.add_event(
                     app=rollout.app,
                     kind="waiting",
@@ -362,7 +389,7 @@ class Engine:
                 s.update_instance(action.instance_id, table_state="ready")
                 tables.publish_table(s)
             case DrainInstance():
-                s.update_instance(action.instance_id, table_state="draining")
+                s.update_instance(action.instance_id, table_state="draining", drained_at=now)
                 gen = tables.publish_table(s)
                 s.update_instance(action.instance_id, drain_generation=gen)
             case StopInstance():
@@ -376,7 +403,12 @@ class Engine:
                 for v in s.list_versions(app):
                     weight = float(given.get(v.version, 0.0))
                     s.put_version(shift_weight(v, weight, now))
-                s.update_rollout(rollout.id, step=action.step)
+                s.update_rollout(
+                    rollout.id,
+                    step=action.step,
+                    step_since=now,
+                    step_baseline=json.dumps(step_baseline(s, app)),
+                )
                 tables.publish_table(s)
             case RetireVersion():
                 v = s.get_version(app, action.version)
@@ -416,6 +448,12 @@ class Engine:
             now=now,
             data={"rollout_id": rollout.id, "state": target.value, "reason": reason},
         )
+
+
+def _gist(waiting_for: str | None) -> str | None:
+    """A waiting reason without its clock and rate readings: "last pinned 3 s ago" or
+    "carries 52 req/s" ticking is not news (status shows the live text)."""
+    return re.sub(r"\d+(\.\d+)?(?= ?(s|ms|req/s)\b)", "#", waiting_for) if waiting_for else None
 
 
 def shift_weight(v: VersionRow, weight: float, now: float) -> VersionRow:

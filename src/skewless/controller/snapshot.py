@@ -15,6 +15,7 @@ from typing import Any
 
 from skewless.controller.store import RolloutRow, Store
 from skewless.controller.tables import agent_instances
+from skewless.core.analysis import AnalysisSpec, VersionStats, p99_from_histogram
 from skewless.core.model import InstanceState, RolloutState, VersionState
 from skewless.core.plan import FleetSnapshot, HostView, InstanceView, RolloutSpec, VersionView
 
@@ -81,10 +82,73 @@ def _state(raw: Any, desired: str) -> InstanceState:
         return InstanceState.STOPPED if desired == "stopped" else InstanceState.STARTING
 
 
-def rollout_spec(row: RolloutRow) -> RolloutSpec:
+def counters(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Cumulative counters of one router report: (app, version) -> requests, errors, latency."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for app in report.get("apps") or ():
+        if not isinstance(app, dict):
+            continue
+        for v in app.get("versions") or ():
+            if not isinstance(v, dict):
+                continue
+            latency = v.get("latency_ms") if isinstance(v.get("latency_ms"), dict) else {}
+            out[(str(app.get("app")), str(v.get("version")))] = {
+                "requests": int(_num(v.get("requests"))),
+                "errors": int(_num(v.get("errors_5xx")) + _num(v.get("connect_failures"))),
+                "latency": {k: int(_num(n)) for k, n in latency.items()},
+            }
+    return out
+
+
+def step_baseline(store: Store, app: str) -> dict[str, Any]:
+    """What ``RolloutRow.step_baseline`` stores: router -> version -> counters, now."""
+    base: dict[str, Any] = {}
+    for router_id, report, _ in store.router_reports():
+        per = counters(report)
+        base[router_id] = {v: c for (a, v), c in per.items() if a == app}
+    return base
+
+
+def version_stats(
+    store: Store, app: str, baseline: dict[str, Any], now: float
+) -> dict[str, VersionStats]:
+    """Router counters since the current step began, summed over routers that report.
+
+    A router whose counters went down restarted: its counters count from zero.
+    """
+    sums: dict[str, dict[str, Any]] = {}
+    for router_id, report, received_at in store.router_reports():
+        if now - received_at > STALE:
+            continue
+        for (a, version), cur in counters(report).items():
+            if a != app:
+                continue
+            base = (baseline.get(router_id) or {}).get(version)
+            if not base or cur["requests"] < base.get("requests", 0):
+                base = {"requests": 0, "errors": 0, "latency": {}}
+            acc = sums.setdefault(version, {"requests": 0, "errors": 0, "latency": {}})
+            acc["requests"] += cur["requests"] - base["requests"]
+            acc["errors"] += max(0, cur["errors"] - base["errors"])
+            for k, n in cur["latency"].items():
+                acc["latency"][k] = acc["latency"].get(k, 0) + max(0, n - base["latency"].get(k, 0))
+    return {
+        v: VersionStats(
+            requests=acc["requests"],
+            errors=acc["errors"],
+            p99_ms=p99_from_histogram(acc["latency"]) if acc["latency"] else None,
+        )
+        for v, acc in sums.items()
+    }
+
+
+def rollout_spec(row: RolloutRow, drain_timeout: float | None = None) -> RolloutSpec:
     o = row.options
     session = o.get("session") or {}
+    analysis = o.get("analysis")
     return RolloutSpec(
+        step_interval=float(o.get("step_interval", 0.0)),
+        analysis=AnalysisSpec(**analysis) if isinstance(analysis, dict) else None,
+        drain_timeout=drain_timeout,
         app=row.app,
         to_version=row.to_version,
         strategy=row.strategy,  # type: ignore[arg-type]
@@ -117,6 +181,7 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
     )
 
     instances = []
+    past: set[str] = set()
     other_slots: dict[str, int] = {}
     for inst in store.list_instances():
         entry = reported.get(inst.id, ("", {}))[1]
@@ -127,8 +192,12 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
                 other_slots[inst.host] = other_slots.get(inst.host, 0) + 1
             continue
         if gone:
+            past.add(inst.id)
             continue
         running = entry.get("version")
+        reason = entry.get("reason") if isinstance(entry.get("reason"), str) else None
+        if inst.smoke == "failed":
+            reason = f"smoke checks failed: {inst.smoke_detail}"
         instances.append(
             InstanceView(
                 id=inst.id,
@@ -142,10 +211,13 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
                 drain_generation=inst.drain_generation,
                 inflight=routers.inflight.get(inst.id, 0),
                 restarts=int(_num(entry.get("restarts"))),
+                reason=reason,
+                drained_at=inst.drained_at,
             )
         )
 
     with_instances = {i.version for i in instances}
+    stats = version_stats(store, app, rollout.step_baseline, now)
     versions = []
     for v in store.list_versions(app):
         if (
@@ -168,12 +240,17 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
                 last_pinned_at=traffic.last_pinned_at,
                 live_since=v.live_since,
                 weight_zero_since=v.weight_zero_since,
+                stats=stats.get(v.version, VersionStats()),
             )
         )
+    target = store.get_release(app, rollout.to_version)
+    drain_timeout = (target.spec if target else {}).get("drain_timeout")
 
     return FleetSnapshot(
         now=now,
-        rollout=rollout_spec(rollout),
+        rollout=rollout_spec(
+            rollout, float(drain_timeout) if isinstance(drain_timeout, int | float) else None
+        ),
         state=RolloutState(rollout.state),
         started_at=rollout.started_at,
         last_progress_at=rollout.last_progress_at,
@@ -184,4 +261,6 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
         other_apps_slots=other_slots,
         table_generation=store.table_generation(),
         routers_generation=routers.generation,
+        step_since=rollout.step_since,
+        past_instance_ids=frozenset(past),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 JournalStatus = Literal["recorded", "done", "abandoned"]
@@ -65,6 +65,7 @@ class InstanceRow:
     smoke_detail: str | None
     drain_generation: int | None
     created_at: float
+    drained_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +95,12 @@ class RolloutRow:
     reason: str | None
     waiting_for: str | None
     rollback_of: str | None
+    step_since: float | None = None
+    """When the current weights were applied."""
+    step_baseline: dict[str, Any] = field(default_factory=dict)
+    """Router counters when the current weights were applied: router -> version -> counters."""
+    settled: bool = False
+    """The planner said nothing is left to do (old versions retired): no more planning."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +192,10 @@ class Store(Protocol):
     def get_rollout(self, rollout_id: int) -> RolloutRow | None: ...
     def latest_rollout(self, app: str) -> RolloutRow | None: ...
     def active_rollouts(self) -> list[RolloutRow]: ...
+    def unsettled_rollouts(self) -> list[RolloutRow]:
+        """The latest rollout of each app, unless the planner said it is settled."""
+        ...
+
     def update_rollout(self, rollout_id: int, **fields: Any) -> None: ...
     def journal_get(self, rollout_id: int, key: str) -> JournalRow | None: ...
     def journal_record(

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS hosts (
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY, app TEXT NOT NULL, version TEXT NOT NULL, host TEXT NOT NULL,
     desired TEXT NOT NULL, table_state TEXT NOT NULL, smoke TEXT NOT NULL, smoke_detail TEXT,
-    drain_generation INTEGER, created_at REAL NOT NULL);
+    drain_generation INTEGER, created_at REAL NOT NULL, drained_at REAL);
 CREATE TABLE IF NOT EXISTS versions (
     app TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL, weight REAL NOT NULL,
     live_since REAL, weight_zero_since REAL, PRIMARY KEY (app, version));
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     to_version TEXT NOT NULL, strategy TEXT NOT NULL, options TEXT NOT NULL,
     state TEXT NOT NULL, step INTEGER NOT NULL, started_at REAL NOT NULL,
     last_progress_at REAL NOT NULL, finished_at REAL, reason TEXT, waiting_for TEXT,
-    rollback_of TEXT);
+    rollback_of TEXT, step_since REAL, step_baseline TEXT NOT NULL DEFAULT '{}',
+    settled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS journal (
     rollout_id INTEGER NOT NULL, key TEXT NOT NULL, action TEXT NOT NULL,
     status TEXT NOT NULL, recorded_at REAL NOT NULL, done_at REAL,
@@ -69,10 +70,20 @@ CREATE INDEX IF NOT EXISTS instances_app ON instances (app);
 ACTIVE = ("pending", "progressing", "paused")
 
 INSTANCE_FIELDS = frozenset(
-    {"desired", "table_state", "smoke", "smoke_detail", "drain_generation", "version", "host"}
+    {"desired", "table_state", "smoke", "smoke_detail", "drain_generation", "drained_at"}
 )
 ROLLOUT_FIELDS = frozenset(
-    {"state", "step", "last_progress_at", "finished_at", "reason", "waiting_for"}
+    {
+        "state",
+        "step",
+        "last_progress_at",
+        "finished_at",
+        "reason",
+        "waiting_for",
+        "step_since",
+        "step_baseline",
+        "settled",
+    }
 )
 
 
@@ -218,10 +229,12 @@ class SqliteStore:
     def put_instance(self, row: InstanceRow) -> None:
         self._x(
             "INSERT INTO instances (id, app, version, host, desired, table_state, smoke, "
-            "smoke_detail, drain_generation, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "smoke_detail, drain_generation, created_at, drained_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET desired = excluded.desired, "
             "table_state = excluded.table_state, smoke = excluded.smoke, "
-            "smoke_detail = excluded.smoke_detail, drain_generation = excluded.drain_generation",
+            "smoke_detail = excluded.smoke_detail, drain_generation = excluded.drain_generation, "
+            "drained_at = excluded.drained_at",
             (
                 row.id,
                 row.app,
@@ -233,6 +246,7 @@ class SqliteStore:
                 row.smoke_detail,
                 row.drain_generation,
                 row.created_at,
+                row.drained_at,
             ),
         )
 
@@ -319,6 +333,13 @@ class SqliteStore:
 
     def active_rollouts(self) -> list[RolloutRow]:
         rows = self._q("SELECT * FROM rollouts WHERE state IN (?, ?, ?) ORDER BY id", ACTIVE)
+        return [_rollout(r) for r in rows]
+
+    def unsettled_rollouts(self) -> list[RolloutRow]:
+        rows = self._q(
+            "SELECT * FROM rollouts r WHERE settled = 0 AND id = "
+            "(SELECT MAX(id) FROM rollouts WHERE app = r.app) ORDER BY id"
+        )
         return [_rollout(r) for r in rows]
 
     def update_rollout(self, rollout_id: int, **fields: Any) -> None:
@@ -441,6 +462,8 @@ def _host(r: sqlite3.Row) -> HostRow:
 def _rollout(r: sqlite3.Row) -> RolloutRow:
     d = dict(r)
     d["options"] = json.loads(d["options"])
+    d["step_baseline"] = json.loads(d["step_baseline"] or "{}")
+    d["settled"] = bool(d["settled"])
     return RolloutRow(**d)
 
 

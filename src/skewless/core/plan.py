@@ -112,6 +112,9 @@ class RolloutSpec:
     """Canary analysis thresholds; None: no analysis."""
     drain_timeout: float | None = None
     """Stop a draining instance after this long even with work in flight (None: never)."""
+    success_after_retirement: bool = False
+    """False: succeed when the new version is fully live (old versions keep retiring
+    after success). True: succeed only once every other version is retired and stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,10 +209,14 @@ class SetWeights:
     """(version, share of new sessions); shares sum to 1."""
     step: int
     kind: Literal["weights"] = "weights"
+    basis: int | None = None
+    """Route-table generation the change was computed from, so that the same weights set
+    twice in one rollout (back and forth) get two keys, while a replay gets the same."""
 
     @property
     def key(self) -> str:
-        return f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        key = f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        return key if self.basis is None else f"{key}@{self.basis}"
 
 
 @dataclass(frozen=True, kw_only=True)

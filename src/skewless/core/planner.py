@@ -121,6 +121,18 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     return progress
 
 
+WEIGHT_TOLERANCE = 5e-5
+
+
+def _rounded(weights: dict[str, float]) -> dict[str, float]:
+    """Weights to 4 decimals, still summing to 1 (the largest absorbs the rounding)."""
+    out = {v: round(w, 4) for v, w in weights.items()}
+    if out:
+        largest = max(out, key=lambda v: (out[v], v))
+        out[largest] = round(out[largest] + 1.0 - sum(out.values()), 4)
+    return out
+
+
 def _some(ids: list[str], shown: int = 3) -> str:
     """A few ids for a status line, the rest elided."""
     return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
@@ -291,9 +303,18 @@ class _Fleet:
         if any(self.weight(v) > EPS for v in self.active if v != self.target):
             return False
         mine = self.target_instances()
-        return len(mine) == self.spec.instances and all(
+        live = len(mine) == self.spec.instances and all(
             is_serving(i) and i.running_version == self.target for i in mine
         )
+        if not live or not self.spec.success_after_retirement:
+            return live
+        # Stricter mode: every other version retired and its processes gone.
+        others_active = any(v != self.target for v in self.active)
+        leftovers = any(
+            occupies_slot(i) and (i.version != self.target or i.desired != "running")
+            for i in self.snap.instances
+        )
+        return not others_active and not leftovers
 
     def success_reason(self) -> str:
         others = [v for v in self.active if v != self.target]
@@ -561,14 +582,20 @@ class _Fleet:
         return min(1.0, math.floor(share * 100 + EPS) / 100)
 
     def _set_weights(self, weights: dict[str, float], actions: list[Action]) -> None:
-        changed = any(abs(self.weight(v) - w) > EPS for v, w in weights.items())
+        weights = _rounded(weights)
+        # A store that keeps fewer digits must not make the same change look new forever.
+        changed = any(abs(self.weight(v) - w) > WEIGHT_TOLERANCE for v, w in weights.items())
         if not changed:
             return
         target_weight = weights.get(self.target, 0.0)
         steps = self.spec.steps
         step = max(0, sum(1 for s in steps if s <= target_weight + EPS) - 1)
         actions.append(
-            SetWeights(weights=tuple((v, weights[v]) for v in sorted(weights)), step=step)
+            SetWeights(
+                weights=tuple((v, weights[v]) for v in sorted(weights)),
+                step=step,
+                basis=self.snap.table_generation,
+            )
         )
 
     # ---- winding down old versions -------------------------------------------------
@@ -609,6 +636,8 @@ class _Fleet:
         for name in self.active:
             if name == stay or self.weight(name) > EPS:
                 continue
+            if self.versions[name].state is VersionState.RETIRED:
+                continue  # a retired target, revived only while its rollout runs
             self._maybe_retire(name, taking, actions, waits)
         # Retired (or unknown) versions: every instance goes.
         for name, instances in self.by_version.items():

@@ -13,9 +13,10 @@ import itertools
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from skewless.core.analysis import AnalysisSpec
 from skewless.core.errors import ConfigError
 from skewless.core.model import STRATEGIES, Strategy
 
@@ -91,6 +92,10 @@ class RolloutOptions:
     headroom: float = 1.3
     progress_deadline: float = 600.0
     session: SessionSpec = SessionSpec()
+    step_interval: float = 0.0
+    """Least seconds at one canary step before the next."""
+    analysis: AnalysisSpec | bool | None = None
+    """Canary analysis: None = on when there are canary steps, False = off."""
 
     def resolve(self, instances: int) -> ResolvedOptions:
         surge = self.max_surge
@@ -106,7 +111,16 @@ class RolloutOptions:
             headroom=self.headroom,
             progress_deadline=self.progress_deadline,
             session=self.session,
+            step_interval=self.step_interval,
+            analysis=self._analysis(),
         )
+
+    def _analysis(self) -> AnalysisSpec | None:
+        if isinstance(self.analysis, AnalysisSpec):
+            return self.analysis
+        if self.analysis is True or (self.analysis is None and len(self.steps) > 1):
+            return AnalysisSpec()
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,9 +134,13 @@ class ResolvedOptions:
     headroom: float
     progress_deadline: float
     session: SessionSpec
+    step_interval: float = 0.0
+    analysis: AnalysisSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "step_interval": self.step_interval,
+            "analysis": None if self.analysis is None else asdict(self.analysis),
             "strategy": self.strategy,
             "instances": self.instances,
             "batch": self.batch,
@@ -153,6 +171,8 @@ ROLLOUT_FIELDS = frozenset(
         "headroom",
         "progress_deadline",
         "session",
+        "step_interval",
+        "analysis",
     }
 )
 
@@ -243,7 +263,35 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutOptions:
             "rollout.progress_deadline", body.get("progress_deadline"), 600.0, lo=0.0, open_lo=True
         ),
         session=_session(body.get("session")),
+        step_interval=_number("rollout.step_interval", body.get("step_interval"), 0.0, lo=0.0),
+        analysis=_analysis(body.get("analysis")),
     )
+
+
+def _analysis(raw: object) -> AnalysisSpec | bool | None:
+    if raw is None or isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            'rollout.analysis must be true, false or an object like {"min_requests": 100}'
+        )
+    known = {f.name for f in fields(AnalysisSpec)}
+    _no_unknown("rollout.analysis", raw, known)
+    base = AnalysisSpec()
+    values: dict[str, Any] = {}
+    for name in known:
+        if name == "min_requests":
+            got = raw.get(name)
+            values[name] = (
+                base.min_requests
+                if got is None
+                else _int("rollout.analysis.min_requests", got, lo=1, hi=10**9)
+            )
+        else:
+            values[name] = _number(
+                f"rollout.analysis.{name}", raw.get(name), getattr(base, name), lo=0.0
+            )
+    return AnalysisSpec(**values)
 
 
 def _health(raw: object) -> HealthSpec:
