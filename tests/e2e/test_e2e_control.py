@@ -104,8 +104,9 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
             switch = wait_for("the pinned session to leave v3", moved, timeout=60, every=0.5)
         finally:
             pinned.close()
-        assert switch.headers["x-app-version"] == "v1"
-        assert switch.headers.get("skewless-repinned") == "v3 -> v1"
+        why = f"{dict(switch.headers)}\n{fleet.cli('events', 'shop').stdout[-3000:]}"
+        assert switch.headers["x-app-version"] == "v1", why
+        assert switch.headers.get("skewless-repinned") == "v3 -> v1", why
         wait_for(
             "the rollback to end",
             lambda: (
