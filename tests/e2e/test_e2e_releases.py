@@ -61,10 +61,15 @@ def release_under_load(fleet: Fleet, strategy: str) -> None:
     # served by v1 after another session had been answered by v2.
     first_v2 = load.first_sent_to("v2")
     assert first_v2 is not None
+    timeline = [
+        (s.id, [(round(a.sent - first_v2, 2), a.version) for a in s.answers])
+        for s in load.snapshot()
+        if s.answers and abs(s.answers[0].sent - first_v2) < 3
+    ]
     assert any(
         s.first_version == "v1" and any(a.sent > first_v2 for a in s.answers)
         for s in load.snapshot()
-    )
+    ), timeline
     # Retired only after no pinned request for the idle timeout.
     retired_at = watch.gone_or("v1", "retired")
     assert retired_at is not None
