@@ -30,8 +30,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -661,13 +663,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout", type=float, default=5.0, help="session idle timeout, seconds (5)"
     )
-    p.add_argument("--http", default="127.0.0.1:8080", help="router address (127.0.0.1:8080)")
-    p.add_argument("--api", default="127.0.0.1:7000", help="controller address (127.0.0.1:7000)")
-    p.add_argument("--state", default=".skewless", help="state directory (./.skewless)")
+    p.add_argument(
+        "--http", default=None, help="router address (127.0.0.1:8080, or a free port if taken)"
+    )
+    p.add_argument(
+        "--api", default=None, help="controller address (127.0.0.1:7000, or a free port if taken)"
+    )
+    p.add_argument("--state", default=None, help="state directory (a new temporary one)")
     p.add_argument(
         "--release-timeout", type=float, default=240.0, help="give up on a release after (240 s)"
     )
     return p
+
+
+def _free_or(host: str, port: int) -> str:
+    """``host:port`` if nothing listens there, else ``host:<a free port>``."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.bind((host, 0))
+        return f"{host}:{sock.getsockname()[1]}"
 
 
 def options_from_args(args: argparse.Namespace) -> StoryOptions:
@@ -685,9 +702,9 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
         users=args.users,
         think=args.think,
         idle_timeout=args.idle_timeout,
-        http=args.http,
-        api=args.api,
-        state=Path(args.state),
+        http=args.http or _free_or("127.0.0.1", 8080),
+        api=args.api or _free_or("127.0.0.1", 7000),
+        state=Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="skewless-demo-")),
         compare=args.compare,
         release_timeout=args.release_timeout,
     )
