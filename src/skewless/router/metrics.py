@@ -1,0 +1,193 @@
+"""Counters the router keeps per app and version, rendered for Prometheus and for the
+router report (BRIEF.md). Counters are cumulative since the worker started.
+
+Latency buckets are cumulative (Prometheus ``le`` semantics): ``le_5`` counts requests
+answered within 5 ms, ``le_inf`` counts all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class VersionStats:
+    __slots__ = (
+        "app",
+        "buckets",
+        "by_status",
+        "connect_failures",
+        "errors_5xx",
+        "last_pinned_at",
+        "latency_sum",
+        "requests",
+        "rps_mark",
+        "sessions",
+        "version",
+    )
+
+    def __init__(self, app: str, version: str) -> None:
+        self.app = app
+        self.version = version
+        self.requests = 0
+        self.errors_5xx = 0
+        self.connect_failures = 0
+        self.by_status: dict[int, int] = {}
+        self.buckets = [0] * (len(BUCKETS_MS) + 1)  # non-cumulative; the last is +Inf
+        self.latency_sum = 0.0
+        self.last_pinned_at: float | None = None
+        self.sessions: dict[str, float] = {}
+        """session id -> last time (unix) a request pinned to this version carried it."""
+        self.rps_mark = (0.0, 0)  # (time, requests) at the last report
+
+    def __repr__(self) -> str:
+        return f"VersionStats({self.app}/{self.version} requests={self.requests})"
+
+    def record(self, status: int, seconds: float) -> None:
+        self.requests += 1
+        by = self.by_status
+        by[status] = by.get(status, 0) + 1
+        if status >= 500:
+            self.errors_5xx += 1
+        ms = seconds * 1000.0
+        self.latency_sum += seconds
+        i = 0
+        for bound in BUCKETS_MS:
+            if ms <= bound:
+                break
+            i += 1
+        self.buckets[i] += 1
+
+    def seen_session(self, session_id: str, now: float) -> None:
+        self.sessions[session_id] = now
+        self.last_pinned_at = now
+
+    def live_sessions(self, now: float, idle_timeout: float) -> int:
+        horizon = now - idle_timeout
+        stale = [sid for sid, t in self.sessions.items() if t < horizon]
+        for sid in stale:
+            del self.sessions[sid]
+        return len(self.sessions)
+
+    def cumulative(self) -> list[int]:
+        out, total = [], 0
+        for n in self.buckets:
+            total += n
+            out.append(total)
+        return out
+
+    def report(self, now: float, idle_timeout: float) -> dict[str, Any]:
+        mark_time, mark_requests = self.rps_mark
+        span = now - mark_time if mark_time else 0.0
+        rps = (self.requests - mark_requests) / span if span > 0 else 0.0
+        self.rps_mark = (now, self.requests)
+        cumulative = self.cumulative()
+        latency = {f"le_{b}": cumulative[i] for i, b in enumerate(BUCKETS_MS)}
+        latency["le_inf"] = cumulative[-1]
+        return {
+            "version": self.version,
+            "requests": self.requests,
+            "errors_5xx": self.errors_5xx,
+            "connect_failures": self.connect_failures,
+            "rps": round(rps, 3),
+            "latency_ms": latency,
+            "last_pinned_at": self.last_pinned_at,
+            "sessions": self.live_sessions(now, idle_timeout),
+        }
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_prometheus(
+    stats: Iterable[tuple[VersionStats, float]],
+    instances: Iterable[tuple[str, str, str, int, bool]],
+    generation: int,
+    now: float,
+    worker: int,
+) -> str:
+    """Prometheus text format. ``stats``: (stats, idle timeout); ``instances``:
+    (id, app, version, inflight, healthy)."""
+    w = f'worker="{worker}"'
+    lines = [
+        "# HELP skewless_route_table_generation Generation of the route table in force.",
+        "# TYPE skewless_route_table_generation gauge",
+        f"skewless_route_table_generation{{{w}}} {generation}",
+        "# HELP skewless_requests_total Requests answered, by app, version and status.",
+        "# TYPE skewless_requests_total counter",
+    ]
+    rows = list(stats)
+    for s, _ in rows:
+        for status, n in sorted(s.by_status.items()):
+            lines.append(
+                f'skewless_requests_total{{app="{_label(s.app)}",version="{_label(s.version)}",'
+                f'status="{status}",{w}}} {n}'
+            )
+    lines += [
+        "# HELP skewless_connect_failures_total Failed connections to instances.",
+        "# TYPE skewless_connect_failures_total counter",
+    ]
+    for s, _ in rows:
+        lines.append(
+            f'skewless_connect_failures_total{{app="{_label(s.app)}",'
+            f'version="{_label(s.version)}",{w}}} {s.connect_failures}'
+        )
+    lines += [
+        "# HELP skewless_request_duration_seconds Time from request head to response end.",
+        "# TYPE skewless_request_duration_seconds histogram",
+    ]
+    for s, _ in rows:
+        base = f'app="{_label(s.app)}",version="{_label(s.version)}",{w}'
+        cumulative = s.cumulative()
+        for i, bound in enumerate(BUCKETS_MS):
+            lines.append(
+                f'skewless_request_duration_seconds_bucket{{{base},le="{bound / 1000:g}"}} '
+                f"{cumulative[i]}"
+            )
+        lines.append(
+            f'skewless_request_duration_seconds_bucket{{{base},le="+Inf"}} {cumulative[-1]}'
+        )
+        lines.append(f"skewless_request_duration_seconds_sum{{{base}}} {s.latency_sum:.6f}")
+        lines.append(f"skewless_request_duration_seconds_count{{{base}}} {cumulative[-1]}")
+    lines += [
+        "# HELP skewless_last_pinned_request_timestamp_seconds Last request pinned to a version.",
+        "# TYPE skewless_last_pinned_request_timestamp_seconds gauge",
+    ]
+    for s, _ in rows:
+        if s.last_pinned_at is not None:
+            lines.append(
+                f'skewless_last_pinned_request_timestamp_seconds{{app="{_label(s.app)}",'
+                f'version="{_label(s.version)}",{w}}} {s.last_pinned_at:.3f}'
+            )
+    lines += [
+        "# HELP skewless_live_sessions Distinct pinned sessions seen within the idle timeout.",
+        "# TYPE skewless_live_sessions gauge",
+    ]
+    for s, idle in rows:
+        lines.append(
+            f'skewless_live_sessions{{app="{_label(s.app)}",version="{_label(s.version)}",'
+            f"{w}}} {s.live_sessions(now, idle)}"
+        )
+    lines += [
+        "# HELP skewless_instance_inflight Requests and tunnels in flight per instance.",
+        "# TYPE skewless_instance_inflight gauge",
+    ]
+    inst = list(instances)
+    for iid, app, version, inflight, _ in inst:
+        lines.append(
+            f'skewless_instance_inflight{{instance="{_label(iid)}",app="{_label(app)}",'
+            f'version="{_label(version)}",{w}}} {inflight}'
+        )
+    lines += [
+        "# HELP skewless_instance_healthy 1 when the instance takes work (checks and ejection).",
+        "# TYPE skewless_instance_healthy gauge",
+    ]
+    for iid, app, version, _, healthy in inst:
+        lines.append(
+            f'skewless_instance_healthy{{instance="{_label(iid)}",app="{_label(app)}",'
+            f'version="{_label(version)}",{w}}} {int(healthy)}'
+        )
+    return "\n".join(lines) + "\n"
