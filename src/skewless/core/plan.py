@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from skewless.core.analysis import AnalysisSpec, VersionStats
 from skewless.core.model import Desired, InstanceState, RolloutState, Strategy, VersionState
 
 TableState = Literal["absent", "ready", "draining"]
@@ -56,6 +57,10 @@ class InstanceView:
     inflight: int = 0
     """In-flight requests and open tunnels on it, summed over router reports."""
     restarts: int = 0
+    reason: str | None = None
+    """Why it failed (agent report ``reason``) or what its smoke checks saw."""
+    drained_at: float | None = None
+    """Clock reading when it was marked draining (for ``RolloutSpec.drain_timeout``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +81,8 @@ class VersionView:
     """When this version first took new sessions (for the max session lifetime)."""
     weight_zero_since: float | None = None
     """When its weight last dropped to 0 (its youngest session can be no older)."""
+    stats: VersionStats | None = None
+    """Router counters since the current canary step began (for canary analysis)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +106,15 @@ class RolloutSpec:
     max_lifetime: float = 43200.0
     rollback_of: str | None = None
     """Set when this rollout undoes a broken release: pins to it are re-pinned."""
+    step_interval: float = 0.0
+    """Least time (s) at one canary step before the next (keep below progress_deadline)."""
+    analysis: AnalysisSpec | None = None
+    """Canary analysis thresholds; None: no analysis."""
+    drain_timeout: float | None = None
+    """Stop a draining instance after this long even with work in flight (None: never)."""
+    success_after_retirement: bool = False
+    """False: succeed when the new version is fully live (old versions keep retiring
+    after success). True: succeed only once every other version is retired and stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +136,10 @@ class FleetSnapshot:
     table_generation: int = 0
     routers_generation: int | None = None
     """Lowest generation that every live router reports serving (None: no router)."""
+    step_since: float | None = None
+    """Clock reading when the current weights were applied (for ``step_interval``)."""
+    past_instance_ids: frozenset[str] = frozenset()
+    """Ids of this app's instances that are stopped and forgotten: never reused."""
 
 
 # ---- actions -----------------------------------------------------------------------
@@ -189,10 +209,14 @@ class SetWeights:
     """(version, share of new sessions); shares sum to 1."""
     step: int
     kind: Literal["weights"] = "weights"
+    basis: int | None = None
+    """Route-table generation the change was computed from, so that the same weights set
+    twice in one rollout (back and forth) get two keys, while a replay gets the same."""
 
     @property
     def key(self) -> str:
-        return f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        key = f"weights:{self.step}:" + ",".join(f"{v}={w:g}" for v, w in self.weights)
+        return key if self.basis is None else f"{key}@{self.basis}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,3 +262,6 @@ class Plan:
     ``"v1 still carries 120 req/s and needs 2 of its 3 instances"``."""
     floors: Mapping[str, int] = field(default_factory=dict)
     """Per version: ready instances its live load needs (the capacity floor)."""
+    settled: bool = False
+    """True when the rollout is over and nothing is left to do (every other version
+    retired, its instances stopped): the engine may stop calling the planner."""

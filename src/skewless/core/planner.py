@@ -1,0 +1,191 @@
+"""The rollout planner: ``plan(snapshot) -> Plan``, the next safe actions of a rollout.
+
+Theory of operation
+-------------------
+A rollout is *capacity following sessions*. Each call looks at the whole fleet as it is
+now (level-triggered: nothing is remembered between calls) and answers "which actions
+move the fleet toward the target version without breaking a floor?". The engine takes
+the actions, records them, and calls again when something changed.
+
+Per version the planner knows its live load (router reports) and what one instance
+carries (the release's ``capacity``), hence its **floor**: the ready instances it needs,
+``ceil(load * headroom / capacity)``, at least one while it takes new sessions or may
+still have pinned sessions (``capacity.floor_of``). Every call runs these rules, each
+only proposing actions whose effect the snapshot does not show yet:
+
+1. **New instances** of the target version: ``StartInstance`` on a free slot (next free
+   id), then, once the agent reports it ready *running the asked version*, ``RunSmoke``,
+   then, once the smoke checks passed, ``AddToTable``. A target instance that ``failed``
+   or failed its smoke checks fails the rollout (see *Failure*).
+2. **Slots** depend on the strategy, the only place strategies differ besides weights:
+   ``side-by-side`` and ``surge`` use free slots only (no host leaves the pool);
+   ``rolling`` may also use up to ``max_surge`` extra slots and frees slots by draining
+   old instances that the old version's load no longer needs. Rolling moves ``batch``
+   instances at a time (an old instance leaving or a new one coming up is one move).
+3. **Weights** (share of new sessions): the target's share grows with its ready capacity
+   (``ready * capacity >= share * total load * headroom``) and one canary step at a time;
+   the next step waits ``step_interval`` at the current one and a canary analysis that
+   does not fail. ``surge`` switches only when its full set is ready. A version with no
+   ready instance never gets new sessions. A rollback ignores the canary steps.
+4. **Drains** of old instances never take a version below its floor, nor the app's ready
+   instances below ``instances - max_unavailable``; versions with weight 0 are drained
+   down to their floor as their load falls (cost), surplus instances of the target too.
+5. **Retirement** of a version at weight 0 follows ``retirement.session_retirement``
+   (sessions idle, max lifetime, never used), or is immediate (``rolled_back``) for the
+   version a rollback undoes, once the versions taking new sessions can carry its load.
+   Retired versions' instances are drained and stopped.
+6. **Stops**: a draining instance stops once every router serves the generation that
+   drained it and nothing is in flight on it (or ``drain_timeout`` passed).
+
+**Success** is declared when the target is fully live: its ``instances`` instances ready
+in the table running the right version, weight 1.0. Old versions may still be serving
+their pinned sessions then; the engine keeps calling the planner after success, which
+keeps retiring them by the same rules (``Plan.settled`` says when nothing is left).
+``skewless deploy --wait`` thus returns when the new version is live, and retirements
+appear later as their own events, each with its reason (docs/decisions/planner-success.md).
+
+**Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
+no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason;
+the same plan gives new sessions back to the old version. Sessions already pinned to the
+failed version keep it until idle, like any retirement; an operator rollback
+(``rollback_of``) retires it at once and routers re-pin its sessions.
+
+**Paused**: no actions. **Terminal** (succeeded, failed, aborted, rolled back): settle:
+the *keeper* (the target on success, else the old version) gets all new sessions, others
+are retired by the session rules and their instances drained and stopped.
+
+Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_down``
+(4-6), ``fleet_view`` (indexes, floors and the drain budget of the capacity guard),
+``retirement`` (the session rules), ``placement`` (slots and ids), ``analysis`` (canary).
+"""
+
+from __future__ import annotations
+
+from skewless.core.analysis import judge
+from skewless.core.capacity import EPS, is_serving, occupies_slot
+from skewless.core.fleet_view import Draft, DrainBudget, FleetView
+from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState
+from skewless.core.new_instances import advance_new_instances, start_missing
+from skewless.core.plan import FinishRollout, FleetSnapshot, Plan, RunSmoke
+from skewless.core.weights import set_weights, shift_weights
+from skewless.core.wind_down import wind_down
+from skewless.core.wording import plural
+
+
+def plan(snapshot: FleetSnapshot) -> Plan:
+    """The next safe actions for ``snapshot`` (see the module docstring)."""
+    fleet = FleetView(snapshot)
+    if snapshot.state in TERMINAL_ROLLOUT_STATES:
+        keeper = fleet.target if snapshot.state is RolloutState.SUCCEEDED else fleet.keeper()
+        return settle(fleet, keeper)
+    if snapshot.state is RolloutState.PAUSED:
+        return Plan(waiting_for="paused", floors=dict(fleet.floors))
+    failure = why_failed(fleet)
+    if failure is not None:
+        return settle(fleet, fleet.keeper(), finish=_failed(failure))
+    if is_complete(fleet):
+        done = FinishRollout(state=RolloutState.SUCCEEDED, reason=_success_reason(fleet))
+        return settle(fleet, fleet.target, finish=done)
+    result = progress(fleet)
+    elapsed = snapshot.now - snapshot.last_progress_at
+    # Smoke checks are proposed again while they run: they alone are no progress.
+    moving = any(not isinstance(a, RunSmoke) for a in result.actions)
+    deadline = snapshot.rollout.progress_deadline
+    if not moving and elapsed >= deadline:
+        why = result.waiting_for or "no action possible"
+        reason = f"no progress for {elapsed:.0f} s (progress deadline {deadline:g} s): {why}"
+        return settle(fleet, fleet.keeper(), finish=_failed(reason))
+    return result
+
+
+def progress(fleet: FleetView) -> Plan:
+    """The actions that move a running rollout toward the target."""
+    draft = Draft()
+    if fleet.target not in fleet.versions:
+        draft.waits.append(f"the snapshot has no release for {fleet.target}")
+        return draft.to_plan(fleet)
+    budget = DrainBudget(fleet)
+    advance_new_instances(fleet, draft)
+    start_missing(fleet, draft, budget)
+    shift_weights(fleet, draft)
+    wind_down(fleet, draft, budget, keeper=None)
+    return draft.to_plan(fleet)
+
+
+def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None) -> Plan:
+    """After a rollout (or in the plan that ends it): ``keeper`` takes every new session,
+    the other versions wind down. ``settled`` once nothing else is left."""
+    draft = Draft()
+    if keeper in fleet.versions and fleet.serving.get(keeper, 0) > 0:
+        weights = {v: 0.0 for v in fleet.active}
+        weights[keeper] = 1.0
+        set_weights(fleet, draft, weights)
+    else:
+        draft.waits.append(f"{keeper} has no ready instance to take new sessions")
+    wind_down(fleet, draft, DrainBudget(fleet), keeper=keeper)
+    if finish is not None:
+        draft.actions.append(finish)
+        return draft.to_plan(fleet)
+    others_gone = all(v == keeper for v in fleet.active) and all(
+        i.version == keeper and i.desired == "running"
+        for i in fleet.snap.instances
+        if occupies_slot(i)
+    )
+    return draft.to_plan(fleet, settled=not draft.actions and others_gone)
+
+
+def why_failed(fleet: FleetView) -> str | None:
+    """Why a running rollout must fail now (None: it need not)."""
+    for instance in fleet.target_instances():
+        detail = f": {instance.reason}" if instance.reason else ""
+        if instance.state is InstanceState.FAILED:
+            return f"{instance.id} failed on {instance.host}{detail}"
+        if instance.smoke == "failed":
+            return f"smoke checks failed on {instance.id}{detail}"
+    analysis = fleet.spec.analysis
+    target = fleet.versions.get(fleet.target)
+    if analysis is None or target is None or target.stats is None or target.weight <= EPS:
+        return None
+    baseline = fleet.baseline()
+    base_view = fleet.versions.get(baseline) if baseline is not None else None
+    verdict = judge(
+        canary=fleet.target,
+        canary_stats=target.stats,
+        baseline=baseline,
+        baseline_stats=base_view.stats if base_view is not None else None,
+        spec=analysis,
+    )
+    return f"canary analysis failed: {verdict.reason}" if verdict.kind == "fail" else None
+
+
+def is_complete(fleet: FleetView) -> bool:
+    """The target serves every new session on all its instances (and, in the strict
+    mode, every other version is retired and gone)."""
+    target = fleet.target
+    if target not in fleet.versions or fleet.weight(target) < 1.0 - EPS:
+        return False
+    if any(fleet.weight(v) > EPS for v in fleet.old_versions()):
+        return False
+    mine = fleet.target_instances()
+    live = len(mine) == fleet.spec.instances and all(
+        is_serving(i) and i.running_version == target for i in mine
+    )
+    if not live or not fleet.spec.success_after_retirement:
+        return live
+    leftovers = any(
+        occupies_slot(i) and (i.version != target or i.desired != "running")
+        for i in fleet.snap.instances
+    )
+    return not fleet.old_versions() and not leftovers
+
+
+def _success_reason(fleet: FleetView) -> str:
+    reason = f"{fleet.target} live on {plural(fleet.spec.instances, 'instance')}"
+    others = fleet.old_versions()
+    if others:
+        reason += "; " + ", ".join(others) + " retire when their sessions end"
+    return reason
+
+
+def _failed(reason: str) -> FinishRollout:
+    return FinishRollout(state=RolloutState.FAILED, reason=reason)
