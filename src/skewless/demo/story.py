@@ -694,8 +694,12 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     ):
         if value < low:
             raise DemoError(f"{flag} must be at least {low} (got {value})")
-    if args.think < 0 or args.idle_timeout <= 0 or args.release_timeout <= 0:
-        raise DemoError("--think must be >= 0, --idle-timeout and --release-timeout > 0")
+    if args.think < 0 or args.release_timeout <= 0:
+        raise DemoError("--think must be >= 0 and --release-timeout > 0")
+    if args.idle_timeout < 3:
+        # The pin cookie's Max-Age counts whole seconds (and clients round too): below a
+        # few seconds a pin can expire between two pages of one sign-up.
+        raise DemoError(f"--idle-timeout must be at least 3 seconds (got {args.idle_timeout:g})")
     return StoryOptions(
         hosts=args.hosts,
         instances=args.hosts,
