@@ -729,7 +729,13 @@ def main(argv: list[str]) -> int:
     last: list[str] = [""]
 
     def say(line: str) -> None:
-        err.print(line, highlight=False, markup=False)
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP stop the fleet as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
 
     def show(text: Any) -> None:
         if live is not None:
@@ -767,6 +773,7 @@ def main(argv: list[str]) -> int:
             )
             assert story.up is not None and story.up.proc is not None
             story.up.proc.wait()
+            say(f"skewless up exited ({story.up.proc.returncode}); see {story.up.log}")
     except DemoError as exc:
         print(f"skewless demo: {exc}", file=sys.stderr)
         code = 1
