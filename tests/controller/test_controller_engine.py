@@ -156,6 +156,10 @@ def test_pause_holds_the_rollout_and_resume_continues(fleet: Fleet) -> None:
     assert fleet.http.post("/v1/apps/shop/pause").json()["rollout"]["state"] == "paused"
     fleet.router.traffic["v1"] = {"sessions": 0, "last_pinned_at": fleet.clock()}
     fleet.clock.offset += 120
+    # an action already under way when the pause came (a smoke check) may still finish
+    engine = fleet.app.state.engine
+    ticks = engine.steps
+    wait_for(lambda: engine.steps > ticks + 1, what="engine steps after pause")
     journal_before = len(fleet.events("action"))
     # the engine keeps ticking, but a paused rollout takes no action
     ticks = fleet.app.state.engine.steps

@@ -53,6 +53,13 @@ def test_sample_counts_ready_instances_and_hosts_in_use() -> None:
 @pytest.mark.parametrize(
     "event,reason",
     [
+        (
+            {
+                "kind": "action",
+                "action": {"kind": "retire", "version": "v1", "reason": "max_lifetime"},
+            },
+            "max_lifetime",
+        ),
         ({"kind": "retire", "version": "v1", "reason": "sessions_idle"}, "sessions_idle"),
         ({"kind": "version_retired", "message": "v1 retired: max lifetime passed"}, "max_lifetime"),
         ({"kind": "retire", "message": "retired v1 (no_sessions)"}, "no_sessions"),
@@ -107,6 +114,8 @@ def test_options_name_the_bad_flag() -> None:
         story.options_from_args(_args(users=0))
     with pytest.raises(story.DemoError, match="--hosts must be at least 2"):
         story.options_from_args(_args(hosts=1))
+    with pytest.raises(story.DemoError, match="--idle-timeout must be at least 3"):
+        story.options_from_args(_args(idle_timeout=2))
 
 
 def test_result_is_ok_only_with_zero_failures_and_mixed_sessions() -> None:
@@ -132,3 +141,13 @@ def test_result_is_ok_only_with_zero_failures_and_mixed_sessions() -> None:
     assert good.ok and good.to_json()["releases"][0]["version"] == "v2"
     assert not story.StoryResult(releases=[report("failed")]).ok
     assert not story.StoryResult().ok
+
+
+def test_action_times_keep_instance_actions_of_the_engine() -> None:
+    events = [
+        {"id": 1, "time": 10.0, "kind": "action", "action": {"kind": "start", "instance_id": "a"}},
+        {"id": 2, "time": 11.0, "kind": "action", "action": {"kind": "weights", "step": 1}},
+        {"id": 3, "time": 12.5, "kind": "waiting", "message": "v1 needs 2"},
+    ]
+    times = story.action_times(events)
+    assert [(t.kind, t.instance, t.at) for t in times] == [("start", "a", 10.0)]

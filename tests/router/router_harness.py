@@ -368,9 +368,19 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return out
 
 
+_LEFTOVER: dict[int, bytes] = {}
+
+
 def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one Content-Length or chunked response from a socket."""
-    buf = b""
+    """Read one Content-Length or chunked response from a socket (keeping what follows
+    it for the next call: responses to pipelined requests may share a read)."""
+    status, headers, body, rest = _read_response(s, _LEFTOVER.pop(s.fileno(), b""))
+    if rest:
+        _LEFTOVER[s.fileno()] = rest
+    return status, headers, body
+
+
+def _read_response(s: socket.socket, buf: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(65536)
         if not chunk:
@@ -390,7 +400,7 @@ def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
             if not chunk:
                 raise ConnectionError("closed mid-body")
             rest += chunk
-        return status, headers, rest[:n]
+        return status, headers, rest[:n], rest[n:]
     if headers.get("transfer-encoding") == "chunked":
         body = b""
         while True:
@@ -406,5 +416,5 @@ def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
             body += rest[:size]
             rest = rest[size + 2 :]
             if size == 0:
-                return status, headers, body
-    return status, headers, rest
+                return status, headers, body, rest
+    return status, headers, rest, b""

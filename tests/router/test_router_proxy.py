@@ -65,9 +65,27 @@ def test_header_form_pin_round_trips_and_never_sets_cookie(
     for _ in range(5):
         again = httpx.get(f"{r.url}/api", headers={"Skewless-Pin": token})
         assert again.headers["skewless-version"] == v and again.json()["name"] == v
+        assert again.headers["skewless-pin"] == token  # echoed on every response
     # a client that names a version is just a client without a pin
     named = httpx.get(f"{r.url}/api", headers={"Skewless-Pin": "v2"})
     assert named.status_code == 200 and named.headers["skewless-pin"].startswith("s1.")
+
+
+def test_header_form_named_skewless_version_carries_the_token(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b1, b2 = backend_factory("v1"), backend_factory("v2")
+    r = router_factory(two_versions(b1, b2, session={"header": "Skewless-Version"}))
+    cookie_client = httpx.get(f"{r.url}/")
+    assert cookie_client.headers["skewless-version"] in ("v1", "v2")
+    first = httpx.get(f"{r.url}/", headers={"Skewless-Version": "new"})
+    token = first.headers["skewless-version"]
+    assert token.startswith("s1.") and "set-cookie" not in first.headers
+    version_name = first.json()["name"]
+    for _ in range(4):
+        again = httpx.get(f"{r.url}/", headers={"Skewless-Version": token})
+        assert again.json()["name"] == version_name
+        assert again.headers.get_list("skewless-version") == [token]
 
 
 def test_bad_pins_are_absent_never_5xx_never_client_chosen(
@@ -227,7 +245,7 @@ def test_streaming_upload_chunked_and_content_length_bounded_memory(
 ) -> None:
     b = backend_factory("v1")
     r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
-    size = 256 * 1024 * 1024
+    size = 1024 * 1024 * 1024  # 1 GiB, as the issue says
     block = b"z" * (1 << 20)
     digest = hashlib.sha256()
     for _ in range(size // len(block)):
@@ -247,7 +265,7 @@ def test_streaming_upload_chunked_and_content_length_bounded_memory(
         assert json.loads(body)["len"] == 64 * len(block)
     with open(f"/proc/{r.proc.pid}/status") as f:
         rss_peak_kib = int(next(x.split()[1] for x in f if x.startswith("VmHWM")))
-    assert rss_peak_kib < 120 * 1024, f"router peaked at {rss_peak_kib} KiB for a 256 MiB upload"
+    assert rss_peak_kib < 120 * 1024, f"router peaked at {rss_peak_kib} KiB for a 1 GiB upload"
 
 
 def test_streaming_download_chunked(backend_factory: Any, router_factory: Any) -> None:

@@ -117,7 +117,13 @@ def main(argv: list[str]) -> int:
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.watch.close()  # long-polls answer 204 now instead of being cancelled
+            await super().shutdown(sockets=sockets)
+
+    server = Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"skewless controller: listening on http://{shown}:{bound} (store {store_url})", flush=True

@@ -62,6 +62,8 @@ class ReleaseReport:
     extra_hosts: int
     peak_extra_processes: int
     peak_extra_memory_mb: float
+    duration_floor: float | None = None
+    """The least time its batches could take (``release_floor``), when known."""
 
     @property
     def idle_gap(self) -> float | None:
@@ -95,6 +97,10 @@ class ReleaseReport:
             "extra_hosts": self.extra_hosts,
             "peak_extra_processes": self.peak_extra_processes,
             "peak_extra_memory_mb": round(self.peak_extra_memory_mb, 1),
+            "duration_floor": _r(self.duration_floor),
+            "duration_over_floor": (
+                round(self.duration / self.duration_floor, 2) if self.duration_floor else None
+            ),
         }
 
 
@@ -130,6 +136,7 @@ def release_report(
     rollout_reason: str | None = None,
     retire_reason: str | None = None,
     last_old_request_at: float | None = None,
+    duration_floor: float | None = None,
 ) -> ReleaseReport:
     """Fold the samples taken during one release and its load window into its bill."""
     during = [s for s in samples if start <= s.at <= end] or [baseline]
@@ -157,6 +164,7 @@ def release_report(
         extra_hosts=max(0, max(len(s.hosts - baseline.hosts) for s in during)),
         peak_extra_processes=max(0, max(s.processes for s in during) - baseline.processes),
         peak_extra_memory_mb=max(0, max(s.rss_bytes for s in during) - base_mem) / 2**20,
+        duration_floor=duration_floor,
     )
 
 

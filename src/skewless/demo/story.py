@@ -30,8 +30,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +43,13 @@ from typing import Any
 import httpx
 
 from skewless.core.flow import last_answered_by
-from skewless.core.release_report import FleetSample, ReleaseReport, release_report
+from skewless.core.release_report import (
+    ActionTime,
+    FleetSample,
+    ReleaseReport,
+    release_floor,
+    release_report,
+)
 from skewless.demo.loadtest import LoadConfig, Recorder, run_load
 
 APP = "wizard"
@@ -65,6 +73,10 @@ class StoryOptions:
     max_lifetime: float = 600.0
     capacity: float = 100.0
     """Requests/s one wizard instance is sized for (the capacity guard's unit)."""
+    instances: int = 4
+    """Instances of each release (the demo: one per host)."""
+    batch: int = 1
+    """Rolling: instances that move at once."""
     max_unavailable: int = 1
     drain_timeout: float = 10.0
     warmup: float = 3.0
@@ -261,12 +273,19 @@ class Api:
         return response.json() if response.content else None
 
     async def events(self, after: Any = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"app": APP, "wait": 0}
-        if after is not None:
-            params["after"] = after
-        answer = await self.get("/v1/events", **params)
-        events = answer.get("events", []) if isinstance(answer, dict) else answer or []
-        return [e for e in events if isinstance(e, dict)]
+        """All of the app's events after id ``after`` (every page of them)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {"app": APP, "limit": 5000}
+            if after is not None:
+                params["after"] = after
+            answer = await self.get("/v1/events", **params)
+            events = answer.get("events", []) if isinstance(answer, dict) else answer or []
+            page = [e for e in events if isinstance(e, dict)]
+            out.extend(page)
+            if len(page) < 5000 or page[-1].get("id") is None:
+                return out
+            after = page[-1]["id"]
 
 
 def _host_ids(answer: Any) -> set[str]:
@@ -311,7 +330,18 @@ def sample(status: Any, *, at: float, root: int | None) -> FleetSample:
     )
 
 
+def _action(event: dict[str, Any]) -> dict[str, Any]:
+    action = event.get("action")
+    return action if isinstance(action, dict) else {}
+
+
 def _retire_reason(events: list[dict[str, Any]], version: str) -> str | None:
+    """Why ``version`` was retired, from the engine's ``retire`` action event (or, for
+    another controller, any event that mentions retiring it)."""
+    for event in events:
+        action = _action(event)
+        if action.get("kind") == "retire" and action.get("version") == version:
+            return str(action.get("reason") or "retired")
     for event in events:
         text = json.dumps(event)
         if "retire" not in text or version not in text:
@@ -323,6 +353,22 @@ def _retire_reason(events: list[dict[str, Any]], version: str) -> str | None:
                 return reason
         return str(event.get("reason") or event.get("message") or "retired")
     return None
+
+
+def action_times(events: list[dict[str, Any]]) -> list[ActionTime]:
+    """The instance actions (start, add, drain, stop) the engine took, with their times."""
+    out = []
+    for event in events:
+        action = _action(event)
+        if action.get("instance_id") and isinstance(event.get("time"), (int, float)):
+            out.append(
+                ActionTime(
+                    kind=str(action.get("kind")),
+                    instance=str(action["instance_id"]),
+                    at=float(event["time"]),
+                )
+            )
+    return out
 
 
 # ---- the story ------------------------------------------------------------------------------
@@ -360,8 +406,9 @@ class Story:
             ],
             "health": {"path": "/healthz", "status": 200, "timeout": 2.0},
             "smoke": [{"path": "/", "status": 200}, {"path": "/form.json", "status": 200}],
-            "instances": o.hosts,
+            "instances": o.instances,
             "strategy": strategy,
+            "batch": o.batch,
             "max_unavailable": o.max_unavailable,
             "capacity": o.capacity,
             "drain_timeout": o.drain_timeout,
@@ -401,7 +448,7 @@ class Story:
 
     async def first_deploy(self) -> None:
         assert self.api is not None and self.up is not None
-        self.say(f"deploying {APP} v1 on {self.opts.hosts} hosts")
+        self.say(f"deploying {APP} v1: {self.opts.instances} instances on {self.opts.hosts} hosts")
         await self.api.post(f"/v1/apps/{APP}/deploy", self.release_body("v1", "rolling", pin=True))
         deadline = time.monotonic() + self.opts.release_timeout
         while True:
@@ -478,11 +525,15 @@ class Story:
             flow=self.rec.summary(start=start, end=end),
             baseline=baseline,
             samples=samples,
-            floor=max(1, self.opts.hosts - self.opts.max_unavailable),
+            floor=max(1, self.opts.instances - self.opts.max_unavailable),
             rollout_state=state,
             rollout_reason=reason if isinstance(reason, str) else None,
             retire_reason=_retire_reason(later, old) if old else None,
             last_old_request_at=last_answered_by(self.rec.requests, old) if old else None,
+            duration_floor=release_floor(
+                action_times(later),
+                batch=self.opts.batch if strategy == "rolling" else self.opts.instances,
+            ),
         )
         self.say(
             f"{label}: rollout {state} in {report.duration:.1f} s; "
@@ -541,6 +592,8 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("extra hosts used", "extra_hosts"),
     ("peak extra processes", "peak_extra_processes"),
     ("peak extra memory", "peak_extra_memory_mb"),
+    ("least possible duration (batches)", "duration_floor"),
+    ("duration / least possible", "duration_over_floor"),
 )
 
 
@@ -550,7 +603,7 @@ def _cell(report: dict[str, Any], key: str, zero_good: bool) -> str:
         ok = value is not None and value >= report["floor"]
         text = f"{value} / {report['floor']}"
         return text if ok else f"[red]{text}[/red]"
-    if key in ("duration", "old_retired_after", "old_idle_before_retire"):
+    if key in ("duration", "old_retired_after", "old_idle_before_retire", "duration_floor"):
         return "-" if value is None else f"{value:.1f} s"
     if key == "peak_extra_memory_mb":
         return f"{value:.0f} MB"
@@ -610,13 +663,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout", type=float, default=5.0, help="session idle timeout, seconds (5)"
     )
-    p.add_argument("--http", default="127.0.0.1:8080", help="router address (127.0.0.1:8080)")
-    p.add_argument("--api", default="127.0.0.1:7000", help="controller address (127.0.0.1:7000)")
-    p.add_argument("--state", default=".skewless", help="state directory (./.skewless)")
+    p.add_argument(
+        "--http", default=None, help="router address (127.0.0.1:8080, or a free port if taken)"
+    )
+    p.add_argument(
+        "--api", default=None, help="controller address (127.0.0.1:7000, or a free port if taken)"
+    )
+    p.add_argument("--state", default=None, help="state directory (a new temporary one)")
     p.add_argument(
         "--release-timeout", type=float, default=240.0, help="give up on a release after (240 s)"
     )
     return p
+
+
+def _free_or(host: str, port: int) -> str:
+    """``host:port`` if nothing listens there, else ``host:<a free port>``."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.bind((host, 0))
+        return f"{host}:{sock.getsockname()[1]}"
 
 
 def options_from_args(args: argparse.Namespace) -> StoryOptions:
@@ -626,16 +694,21 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     ):
         if value < low:
             raise DemoError(f"{flag} must be at least {low} (got {value})")
-    if args.think < 0 or args.idle_timeout <= 0 or args.release_timeout <= 0:
-        raise DemoError("--think must be >= 0, --idle-timeout and --release-timeout > 0")
+    if args.think < 0 or args.release_timeout <= 0:
+        raise DemoError("--think must be >= 0 and --release-timeout > 0")
+    if args.idle_timeout < 3:
+        # The pin cookie's Max-Age counts whole seconds (and clients round too): below a
+        # few seconds a pin can expire between two pages of one sign-up.
+        raise DemoError(f"--idle-timeout must be at least 3 seconds (got {args.idle_timeout:g})")
     return StoryOptions(
         hosts=args.hosts,
+        instances=args.hosts,
         users=args.users,
         think=args.think,
         idle_timeout=args.idle_timeout,
-        http=args.http,
-        api=args.api,
-        state=Path(args.state),
+        http=args.http or _free_or("127.0.0.1", 8080),
+        api=args.api or _free_or("127.0.0.1", 7000),
+        state=Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="skewless-demo-")),
         compare=args.compare,
         release_timeout=args.release_timeout,
     )
@@ -656,7 +729,13 @@ def main(argv: list[str]) -> int:
     last: list[str] = [""]
 
     def say(line: str) -> None:
-        err.print(line, highlight=False, markup=False)
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP stop the fleet as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
 
     def show(text: Any) -> None:
         if live is not None:
@@ -694,6 +773,7 @@ def main(argv: list[str]) -> int:
             )
             assert story.up is not None and story.up.proc is not None
             story.up.proc.wait()
+            say(f"skewless up exited ({story.up.proc.returncode}); see {story.up.log}")
     except DemoError as exc:
         print(f"skewless demo: {exc}", file=sys.stderr)
         code = 1

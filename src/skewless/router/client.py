@@ -35,12 +35,22 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from skewless.core.http_framing import BadRequest, ResponseHead, parse_request_head
-from skewless.core.pin import find_cookie, needs_refresh
-from skewless.core.routing import NEW, REPINNED, ROUTED, decide, least_outstanding
+from skewless.core.http_framing import (
+    BadRequest,
+    RequestHead,
+    ResponseHead,
+    check_target,
+    parse_request_head,
+)
+from skewless.core.model import VersionState
+from skewless.core.pin import Pin, find_cookie
+from skewless.core.routing import REPINNED, ROUTED, VersionPool, decide, least_outstanding
+from skewless.router import clock
+from skewless.router.instance import MAX_IDLE
 
 if TYPE_CHECKING:
     from skewless.router.instance import Instance
+    from skewless.router.metrics import VersionStats
     from skewless.router.server import AppRuntime, RouterServer
     from skewless.router.upstream import UpstreamProtocol
 
@@ -68,6 +78,7 @@ REASONS = {
 }
 
 rand = random.random
+RETIRED = VersionState.RETIRED
 monotonic = time.monotonic
 wall = time.time
 
@@ -81,38 +92,34 @@ class Refusal(Exception):
 
 
 class Exchange:
-    """One request and its response."""
+    """One request and its response.
 
-    __slots__ = (
-        "app",
-        "attempts",
-        "client",
-        "close_after",
-        "conn",
-        "done",
-        "extra",
-        "has_body",
-        "head",
-        "instance",
-        "is_head",
-        "method",
-        "pending",
-        "pending_size",
-        "rechunk",
-        "request_done",
-        "response_bytes",
-        "response_done",
-        "response_started",
-        "sent_at",
-        "started",
-        "stats",
-        "status",
-        "tried",
-        "until_close",
-        "upgrade",
-        "version",
-        "version_b",
-    )
+    No ``__slots__``: most fields keep their class default for a whole exchange, and an
+    instance dict with only what changed is cheaper to make than 28 slots.
+    """
+
+    head = b""
+    app: AppRuntime | None = None
+    version = ""
+    version_b = b""
+    instance: Instance | None = None
+    conn: UpstreamProtocol | None = None
+    pending: list[bytes] | None = None
+    pending_size = 0
+    extra: list[tuple[bytes, bytes]] | None = None
+    tried: list[Instance] | None = None
+    attempts = 0
+    request_done = False
+    response_started = False
+    response_done = False
+    response_bytes = False
+    rechunk = False
+    until_close = False
+    done = False
+    status = 0
+    sent_at = 0.0
+    stats: VersionStats | None = None
+    is_head = False
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -120,31 +127,11 @@ class Exchange:
         self.client = client
         self.has_body = has_body
         self.method = method
-        self.is_head = method == b"HEAD"
+        if method == b"HEAD":
+            self.is_head = True
         self.upgrade = upgrade
         self.close_after = close
-        self.head = b""
-        self.app: AppRuntime | None = None
-        self.version = ""
-        self.version_b = b""
-        self.instance: Instance | None = None
-        self.conn: UpstreamProtocol | None = None
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-        self.extra: list[tuple[bytes, bytes]] = []
-        self.tried: list[Instance] | None = None
-        self.attempts = 0
-        self.request_done = False
-        self.response_started = False
-        self.response_done = False
-        self.response_bytes = False
-        self.rechunk = False
-        self.until_close = False
-        self.done = False
-        self.status = 0
         self.started = monotonic()
-        self.sent_at = 0.0
-        self.stats = None
 
     def __repr__(self) -> str:
         return (
@@ -161,6 +148,8 @@ class Exchange:
             conn.last_io = self.client.server.mono
             conn.transport.writelines(parts)  # type: ignore[union-attr]
         elif not self.done:
+            if self.pending is None:
+                self.pending = []
             self.pending.extend(parts)
             self.pending_size += len(data)
             if self.pending_size > PENDING_LIMIT:
@@ -171,6 +160,8 @@ class Exchange:
             if self.conn is not None:
                 self.conn.write(b"0\r\n\r\n")
             elif not self.done:
+                if self.pending is None:
+                    self.pending = []
                 self.pending.append(b"0\r\n\r\n")
         self.request_done = True
         if self.response_done:
@@ -182,12 +173,48 @@ class Exchange:
         """Route the request and send it (called once it is this connection's turn)."""
         client = self.client
         server = client.server
-        app = server.app_for(head_host)
+        # Fast lane: the same Host and pin as this connection's last pinned request, with
+        # nothing reloaded since (epoch) and the pin not due for a refresh.
+        if (
+            client.rc_epoch == server.epoch
+            and head_host == client.rc_host
+            and cookie == client.rc_cookie
+            and pin_value == client.rc_pin_value
+        ):
+            pin = client.rc_pin
+            app = client.rc_app
+            now = clock.wall
+            if (
+                pin is not None
+                and app is not None
+                and now - pin.seen_at < app.refresh
+                and now - pin.issued_at <= app.life
+            ):
+                pool = client.rc_pool
+                self.app = app
+                if pin_value is not None:
+                    self.extra = [(app.header_b, pin.token)]
+                version = self.version = pool.version
+                self.version_b = app.versions_b[version]
+                stats = self.stats = app.stats[version]
+                stats.sessions[pin.session_id] = now
+                stats.last_pinned_at = now
+                candidates = pool.candidates
+                if len(candidates) == 1:
+                    self.send_to(candidates[0])
+                elif candidates:
+                    self.send_to(least_outstanding(candidates, rand))  # type: ignore[arg-type]
+                else:
+                    self.local(503, f"no ready instance of version {version}\n", retry=True)
+                return
+        app = server.host_cache.get(head_host)
         if app is None:
-            self.local(404, f"no app serves host {head_host.decode('latin-1')!r}\n", close=False)
-            return
+            app = server.app_for(head_host)
+            if app is None:
+                self.local(404, f"no app serves host {head_host.decode('latin-1')!r}\n")
+                return
         self.app = app
-        now = wall()
+        now = clock.wall
         pin = None
         if app.pin:
             token = pin_value
@@ -196,52 +223,93 @@ class Exchange:
                 token = find_cookie(cookie, app.cookie_b)
             if token:
                 pin = server.codec.verify(app.name, token, now, app.idle, app.life)
-            pool, kind = decide(app.policy, pin.version if pin is not None else None, rand())
+            if pin is not None:
+                pool = app.policy.pools.get(pin.version)
+                if pool is not None and pool.state is not RETIRED:
+                    kind = ROUTED
+                else:
+                    pool, kind = decide(app.policy, pin.version, rand())
+            else:
+                pool, kind = decide(app.policy, None, rand())
         else:
             via_header = False
             pool, kind = decide(app.policy, None, rand())
         if pool is None:
             self.local(503, "no version of this app can take new sessions now\n", retry=True)
             return
-        self.version = pool.version
-        self.version_b = app.version_bytes(pool.version)
-        stats = self.stats = app.stats_for(pool.version)
-        if app.pin:
-            codec = server.codec
-            if kind == ROUTED:
-                assert pin is not None
-                if needs_refresh(pin, now, app.idle):
-                    pin = codec.refresh(pin, now)
-                    self.extra.append(app.pin_header(pin, now, via_header))
-            elif kind == NEW:
-                pin = codec.issue(app.name, pool.version, now)
-                self.extra.append(app.pin_header(pin, now, via_header))
+        version = self.version = pool.version
+        self.version_b = app.versions_b[version]
+        stats = self.stats = app.stats[version]
+        if pin is not None and kind == ROUTED:
+            if now - pin.seen_at >= app.refresh:
+                pin = server.codec.refresh(pin, now)
+                self.extra = [app.pin_header(pin, now, via_header)]
             else:
-                assert kind == REPINNED and pin is not None
-                old = pin.version
-                pin = codec.issue(
-                    app.name, pool.version, now, session_id=pin.session_id, issued_at=pin.issued_at
-                )
-                self.extra.append(app.pin_header(pin, now, via_header))
-                self.extra.append((b"Skewless-Repinned", f"{old} -> {pool.version}".encode()))
-            stats.seen_session(pin.session_id, now)
+                if via_header:  # header clients get their token back on every response
+                    self.extra = [(app.header_b, pin.token)]
+                client.rc_epoch = server.epoch
+                client.rc_host = head_host
+                client.rc_cookie = cookie
+                client.rc_pin_value = pin_value
+                client.rc_app = app
+                client.rc_pin = pin
+                client.rc_pool = pool
+        elif app.pin:
+            self.extra = self.new_pin(app, pin, version, kind, now, via_header)
+            pin = None
+        if pin is not None:
+            stats.sessions[pin.session_id] = now
+            stats.last_pinned_at = now
         candidates = pool.candidates
         if not candidates:
-            self.local(503, f"no ready instance of version {pool.version}\n", retry=True)
+            self.local(503, f"no ready instance of version {version}\n", retry=True)
             return
-        instance = least_outstanding(candidates, rand)
-        assert instance is not None
-        self.send_to(instance)
+        if len(candidates) == 1:
+            self.send_to(candidates[0])
+        else:
+            self.send_to(least_outstanding(candidates, rand))  # type: ignore[arg-type]
+
+    def new_pin(
+        self,
+        app: AppRuntime,
+        old: Pin | None,
+        version: str,
+        kind: int,
+        now: float,
+        via_header: bool,
+    ) -> list[tuple[bytes, bytes]]:
+        codec = self.client.server.codec
+        if kind == REPINNED and old is not None:
+            pin = codec.issue(
+                app.name, version, now, session_id=old.session_id, issued_at=old.issued_at
+            )
+            extra = [(b"Skewless-Repinned", f"{old.version} -> {version}".encode())]
+        else:
+            pin = codec.issue(app.name, version, now)
+            extra = []
+        extra.append(app.pin_header(pin, now, via_header))
+        stats = app.stats[version]
+        stats.sessions[pin.session_id] = now
+        stats.last_pinned_at = now
+        return extra
 
     def send_to(self, instance: Instance) -> None:
         self.instance = instance
         instance.inflight += 1
         self.attempts += 1
-        conn = instance.take_idle()
-        if conn is not None:
-            self.attach(conn)
-        else:
-            self.client.server.open_upstream(self)
+        idle = instance.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.conn = conn
+                self.sent_at = conn.last_io = clock.mono
+                conn.ex = self
+                if self.pending:
+                    self.attach(conn)
+                else:
+                    conn.transport.write(self.head)  # type: ignore[union-attr]
+                return
+        self.client.server.open_upstream(self)
 
     def attach(self, conn: UpstreamProtocol) -> None:
         """Called with a connected upstream connection: write the head and held body."""
@@ -249,10 +317,10 @@ class Exchange:
             conn.release(True)
             return
         self.conn = conn
-        self.sent_at = monotonic()
+        self.sent_at = clock.mono
         if self.pending:
             data = [self.head, *self.pending]
-            self.pending = []
+            self.pending = None
             self.pending_size = 0
             self.client.resume(PAUSE_PENDING)
         else:
@@ -293,32 +361,41 @@ class Exchange:
         client = self.client
         self.status = status
         self.response_started = True
-        headers = head.forward
-        headers.append((b"Skewless-Version", self.version_b))
+        lines = head.forward
+        lines.insert(0, b"HTTP/1.1 %d %s" % (status, reason))
+        app = self.app
+        if not (
+            self.extra
+            and app is not None
+            and app.header_is_version
+            and any(name is app.header_b for name, _ in self.extra)
+        ):
+            lines.append(b"Skewless-Version: " + self.version_b)
         if self.extra:
-            headers.extend(self.extra)
+            for name, value in self.extra:
+                lines.append(name + b": " + value)
         if status == 101:
             if not self.upgrade:
                 self.upstream_failed("instance switched protocols without being asked")
                 conn.close()
                 return
-            headers.append((b"Connection", b"Upgrade"))
-            client.write(render(b"HTTP/1.1 101 " + reason, headers))
+            lines.append(b"Connection: Upgrade\r\n\r\n")
+            client.write(b"\r\n".join(lines))  # before any tunnel byte
             conn.tunnel = True
             client.start_tunnel(conn)
             return
         if self.is_head or status == 204 or status == 304:
             if head.content_length >= 0:
-                headers.append((b"Content-Length", b"%d" % head.content_length))
+                lines.append(b"Content-Length: %d" % head.content_length)
         elif head.chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked")
             self.rechunk = True
         elif head.content_length >= 0:
-            headers.append((b"Content-Length", b"%d" % head.content_length))
+            lines.append(b"Content-Length: %d" % head.content_length)
         else:
             self.until_close = True
             if client.http11:
-                headers.append((b"Transfer-Encoding", b"chunked"))
+                lines.append(b"Transfer-Encoding: chunked")
                 self.rechunk = True
             else:
                 self.close_after = True
@@ -326,35 +403,57 @@ class Exchange:
             self.close_after = True  # the client may already be talking the new protocol
         if self.close_after or client.server.draining:
             self.close_after = True
-            headers.append((b"Connection", b"close"))
+            lines.append(b"Connection: close")
         elif not client.http11:
-            headers.append((b"Connection", b"keep-alive"))
-        client.write(render(b"HTTP/1.1 %d %s" % (status, reason), headers))
+            lines.append(b"Connection: keep-alive")
+        lines.append(b"\r\n")
+        client.out.append(b"\r\n".join(lines))
         if self.is_head:
             # httptools would wait for Content-Length body bytes that a HEAD never gets.
             self.response_complete(False)
 
     def response_body(self, data: bytes) -> None:
-        transport = self.client.transport
+        out = self.client.out
         if self.rechunk:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))  # type: ignore[union-attr]
+            out.append(b"%x\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
         else:
-            transport.write(data)  # type: ignore[union-attr]
+            out.append(data)
 
     def response_complete(self, keep_alive: bool) -> None:
         if self.response_done:
             return
+        client = self.client
         if self.rechunk:
-            self.client.write(b"0\r\n\r\n")
+            client.out.append(b"0\r\n\r\n")
         self.response_done = True
         conn = self.conn
-        self.conn = None
+        instance = self.instance
         if conn is not None:
-            conn.release(keep_alive and self.request_done and not self.is_head)
-        self.account()
+            self.conn = None
+            conn.ex = None
+            if keep_alive and self.request_done and not self.is_head and not conn.closed:
+                conn.last_io = clock.mono
+                idle = instance.idle  # type: ignore[union-attr]
+                if instance.removed or len(idle) >= MAX_IDLE:  # type: ignore[union-attr]
+                    conn.close()
+                else:
+                    idle.append(conn)
+            else:
+                conn.close()
+        if instance is not None:
+            instance.inflight -= 1
+            self.instance = None
+        stats = self.stats
+        if stats is not None:
+            self.stats = None
+            stats.record(self.status, monotonic() - self.started)
         if not self.request_done and self.has_body:
             self.close_after = True  # answered before the body was read: cannot skip it
-        self.finish()
+        if client.active is self:
+            self.done = True
+            client.exchange_done(self)
 
     def upstream_lost(self) -> None:
         """The instance's connection closed while this exchange used it."""
@@ -454,7 +553,7 @@ class Exchange:
         if self.done and self.client.active is not self:
             return
         self.done = True
-        self.pending = []
+        self.pending = None
         self.client.exchange_done(self)
 
 
@@ -474,6 +573,8 @@ class ClientProtocol(asyncio.Protocol):
         "awaiting_head",
         "chunked",
         "closing",
+        "fwd_host",
+        "fwd_lines",
         "head_bytes",
         "head_size",
         "head_started",
@@ -481,9 +582,21 @@ class ClientProtocol(asyncio.Protocol):
         "http11",
         "idle_since",
         "ip",
+        "last_capture",
+        "last_head",
+        "last_headers",
+        "last_version",
+        "out",
         "parser",
         "paused",
         "queue",
+        "rc_app",
+        "rc_cookie",
+        "rc_epoch",
+        "rc_host",
+        "rc_pin",
+        "rc_pin_value",
+        "rc_pool",
         "receiving",
         "refusal",
         "server",
@@ -514,6 +627,22 @@ class ClientProtocol(asyncio.Protocol):
         self.tunnel: UpstreamProtocol | None = None
         self.upgrade_buffer: list[bytes] | None = None
         self.refusal: tuple[int, str] | None = None
+        self.out: list[bytes] = []
+        self.last_headers: list[tuple[bytes, bytes]] | None = None
+        self.last_version = ""
+        self.last_capture: frozenset[bytes] | None = None
+        self.last_head: RequestHead | None = None
+        self.fwd_host: bytes | None = None
+        self.fwd_lines = b""
+        # the route cache of the fast lane in Exchange.start
+        self.rc_epoch = -1
+        self.rc_host = b""
+        self.rc_cookie: bytes | None = None
+        self.rc_pin_value: bytes | None = None
+        self.rc_app: AppRuntime | None = None
+        self.rc_pin: Pin | None = None
+        self.rc_pool: VersionPool[Instance] | None = None
+        """Response bytes buffered while one upstream read is parsed (see ``flush``)."""
         self.to_start: tuple[Exchange, bytes, bytes | None, bytes | None] | None = None
         self.http11 = True
         self.ip = b"unknown"
@@ -591,8 +720,12 @@ class ClientProtocol(asyncio.Protocol):
         if self.awaiting_head and self.head_bytes > self.server.max_head:
             self.refuse(431, "request head too large")
             return
-        if self.to_start is not None:
-            self.start_parsed()
+        pending = self.to_start
+        if pending is not None:
+            self.to_start = None
+            ex = pending[0]
+            if self.active is ex and not ex.done:
+                ex.start(pending[1], pending[2], pending[3])
 
     def start_parsed(self) -> None:
         pending = self.to_start
@@ -614,81 +747,100 @@ class ClientProtocol(asyncio.Protocol):
 
     # ---- httptools callbacks ---------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.head_size = 0
-
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.server.max_head or len(self.headers) > 100:
-            raise Refusal(431, "request head too large")
 
     def on_headers_complete(self) -> None:
         self.awaiting_head = False
+        headers = self.headers
+        self.headers = []
+        server = self.server
+        if self.head_bytes > server.max_head or len(headers) > 100:
+            # the read(s) of this head were big: measure the head itself
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers)
+            if size > server.max_head or len(headers) > 100:
+                raise Refusal(431, "request head too large")
         self.head_bytes = 0
         parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
         if method == b"CONNECT":
             raise Refusal(405, "CONNECT is not supported")
-        server = self.server
+        url = self.url
+        self.url = b""
         try:
-            head = parse_request_head(self.headers, version, method, self.url)
+            # Clients repeat their headers on a keep-alive connection (what HPACK
+            # exploits): an identical header list parses to the identical head.
+            if (
+                headers == self.last_headers
+                and version == self.last_version
+                and server.pin_headers is self.last_capture
+            ):
+                head = self.last_head
+                if url[:1] != b"/" or b" " in url or b"\t" in url:
+                    check_target(method, url)
+            else:
+                head = parse_request_head(headers, version, method, url, server.pin_headers)
+                self.last_headers = headers
+                self.last_version = version
+                self.last_capture = server.pin_headers
+                self.last_head = head
         except (BadRequest, ValueError) as error:
             raise Refusal(400, str(error)) from None
         self.http11 = version == "1.1"
+        chunked = self.chunked = head.chunked
         ex = Exchange(
             self,
             method,
             head.upgrade,
             head.close or server.draining,
-            head.chunked or head.content_length > 0,
+            chunked or head.content_length > 0,
         )
-        self.chunked = head.chunked
         # the head we send upstream: forwarded headers + our framing and forwarding
-        ip = self.ip
-        out = [method + b" " + self.url + b" HTTP/1.1"]
-        for name, value in head.forward:
-            out.append(name + b": " + value)
-        out.append(b"X-Forwarded-For: " + (head.xff + b", " + ip if head.xff else ip))
-        out.append(b"X-Forwarded-Proto: http")
-        fwd = b'for="' + ip + b'";proto=http'
-        if head.host:
-            fwd += b';host="' + head.host + b'"'
-        out.append(b"Forwarded: " + (head.forwarded + b", " + fwd if head.forwarded else fwd))
-        if head.chunked:
+        out = [method + b" " + url + b" HTTP/1.1", *head.forward]
+        if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
+            out.append(self.fwd_lines)  # the same as this connection's last request
+        else:
+            out.append(self.forwarding(head.host, head.xff, head.forwarded))
+        if chunked:
             out.append(b"Transfer-Encoding: chunked")
         elif head.content_length >= 0:
             out.append(b"Content-Length: %d" % head.content_length)
         if head.upgrade:
-            out.append(b"Connection: Upgrade")
-            out.append(b"Upgrade: websocket")
+            out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
         out.append(b"\r\n")
         ex.head = b"\r\n".join(out)
-        pin_value = None
-        names = server.pin_headers
-        if names:
-            for name, value in head.forward:
-                if name.lower() in names:
-                    pin_value = value.strip()
-                    break
         self.receiving = ex
         if self.active is None:
             # Started once this read is parsed: a request whose bytes all came together is
             # never forwarded if anything in them is bad.
             self.active = ex
-            self.to_start = (ex, head.host, head.cookie, pin_value)
+            self.to_start = (ex, head.host, head.cookie, head.captured)
         else:
             if self.queue is None:
                 self.queue = deque()
-            self.queue.append((ex, head.host, head.cookie, pin_value))
+            self.queue.append((ex, head.host, head.cookie, head.captured))
             self.pause(PAUSE_QUEUE)
+
+    def forwarding(self, host: bytes, xff: bytes | None, forwarded: bytes | None) -> bytes:
+        """X-Forwarded-For, X-Forwarded-Proto and Forwarded lines for one request."""
+        ip = self.ip
+        fwd = b'for="' + ip + b'";proto=http'
+        if host:
+            fwd += b';host="' + host + b'"'
+        lines = (
+            b"X-Forwarded-For: "
+            + (xff + b", " + ip if xff else ip)
+            + b"\r\nX-Forwarded-Proto: http\r\nForwarded: "
+            + (forwarded + b", " + fwd if forwarded else fwd)
+        )
+        if xff is None and forwarded is None:
+            self.fwd_host = host
+            self.fwd_lines = lines
+        return lines
 
     def on_body(self, body: bytes) -> None:
         ex = self.receiving
@@ -700,13 +852,33 @@ class ClientProtocol(asyncio.Protocol):
         self.awaiting_head = True
         self.idle_since = self.server.mono
         if ex is not None:
-            ex.request_complete(self.chunked)
+            if self.chunked:
+                ex.request_complete(True)
+            else:
+                ex.request_done = True
+                if ex.response_done:
+                    ex.finish()
 
     # ---- used by Exchange ------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
+        """Write now, after anything buffered in ``out``."""
+        if self.out:
+            self.out.append(data)
+            self.flush()
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
+
+    def flush(self) -> None:
+        """Send what response events buffered in ``out``: one send per read upstream."""
+        out = self.out
+        if out:
+            self.out = []
+            if self.transport is not None and not self.closing:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.write(b"".join(out))
 
     def pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -723,13 +895,17 @@ class ClientProtocol(asyncio.Protocol):
         if self.active is not ex:
             return
         self.active = None
-        self.idle_since = self.server.mono
+        server = self.server
+        self.idle_since = server.mono
         if ex.close_after or self.closing:
             self.close()
             return
         queue = self.queue
-        if not queue and self.refusal is not None:
-            self.send_refusal()
+        if not queue:
+            if self.refusal is not None:
+                self.send_refusal()
+            elif server.draining and self.awaiting_head and not self.head_bytes:
+                self.close()
             return
         if queue:
             nxt, host, cookie, pin_value = queue.popleft()
@@ -737,8 +913,6 @@ class ClientProtocol(asyncio.Protocol):
                 self.resume(PAUSE_QUEUE)
             self.active = nxt
             nxt.start(host, cookie, pin_value)
-        elif self.server.draining and self.awaiting_head and not self.head_bytes:
-            self.close()
 
     def start_tunnel(self, conn: UpstreamProtocol) -> None:
         self.tunnel = conn
@@ -795,11 +969,13 @@ class ClientProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closing:
+            self.flush()
             self.closing = True
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
+        self.out = []
         self.closing = True
         if self.transport is not None:
             self.transport.abort()

@@ -107,6 +107,7 @@ class Worker:
             log.error("keys not reloaded (%s), the old keys stay in force: %s", why, error)
             return
         self.server.codec = PinCodec(keyring)
+        self.server.epoch += 1
         log.info("keys reloaded from %s (%s): %s sign", path, why, keyring.keys[0].key_id)
 
     def on_sighup(self) -> None:
