@@ -87,3 +87,16 @@ def test_up_restarts_a_killed_part(fleet: Fleet) -> None:
     )
     assert "router killed by SIGKILL; restarting it" in fleet.log()
     wait_for("the new router to answer", lambda: httpx.get(fleet.http, timeout=2), timeout=30)
+
+
+def test_deploy_wait_fails_with_the_reason(fleet: Fleet) -> None:
+    assert fleet.deploy("shop", "v1", "--instances", "2").returncode == 0
+    # v2's smoke check gets a 500: the rollout fails, v1 keeps serving.
+    done = fleet.deploy("shop", "v2", "--instances", "2", "--smoke", "/status/500")
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("skewless deploy: rollout of shop v2 ended failed: "), last
+    assert "smoke" in last and "500" in last, last
+    assert "Traceback" not in done.stderr
+    assert fleet.serves("v1")
+    assert json.loads(fleet.cli("status", "shop", "--json").stdout)["rollout"]["state"] == "failed"
