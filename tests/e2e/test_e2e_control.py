@@ -16,7 +16,10 @@ import pytest
 from .e2e_fleet import Fleet, wait_for
 from .e2e_sessions import SessionLoad
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc"),
+]
 
 IDLE = 3.0
 COMMON = ["--instances", "4", "--session-idle-timeout", str(IDLE)]

@@ -14,7 +14,10 @@ from .e2e_fleet import Fleet, wait_for
 from .e2e_sessions import SessionLoad
 from .e2e_watch import StatusWatch
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc"),
+]
 
 IDLE = 3.0
 """The app's session idle timeout: short, so that the test is fast."""

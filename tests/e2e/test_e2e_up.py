@@ -15,7 +15,10 @@ import pytest
 
 from .e2e_fleet import Fleet, wait_for
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc"),
+]
 
 
 @pytest.fixture
