@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, free_port, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,6 +40,17 @@ def test_up_runs_a_fleet_and_the_commands_drive_it(fleet: Fleet) -> None:
     for path in (fleet.home / "current.json", fleet.state / "token", fleet.state / "keys.txt"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert fleet.api in fleet.log() and fleet.http in fleet.log()
+
+    # A second `up` on the same state dir (other ports) is refused and starts nothing.
+    again = fleet.cli(
+        "up", "--hosts", "1", "--http", f"127.0.0.1:{free_port()}",
+        "--api", f"127.0.0.1:{free_port()}", "--state", str(fleet.state),
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert (
+        f"another skewless up (pid {fleet.proc.pid if fleet.proc else 0}) runs on it"
+        in again.stderr
+    )
 
     hosts = fleet.cli("hosts", "--json")
     assert hosts.returncode == 0, hosts.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -186,6 +187,7 @@ class Fleet:
         self.hurry = False
         self.current_written = ""
         self.restart_times: list[float] = []
+        self.lock_fd: int | None = None
 
     # ---- building -------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class Fleet:
             os.chmod(root, 0o700)
         except OSError as exc:
             raise ConfigError(f"--state {root}: cannot use it ({exc.strerror})") from None
+        self.lock_state_dir()
         if self.given_token:
             write_private(self.layout.token, self.given_token + "\n")
             self.token = self.given_token
@@ -290,6 +293,24 @@ class Fleet:
                     cwd=host_dir,
                 )
             )
+
+    def lock_state_dir(self) -> None:
+        """One ``up`` per state dir: two controllers on one SQLite store, or two sets of
+        agents on the same host dirs, would fight. The lock dies with the process."""
+        path = self.layout.root / "up.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"--state {self.layout.root}: another skewless up (pid {holder}) runs on it; "
+                "stop it or choose another --state"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
