@@ -114,3 +114,15 @@ def test_deploy_wait_fails_with_the_reason(fleet: Fleet) -> None:
     assert "Traceback" not in done.stderr
     assert fleet.serves("v1")
     assert json.loads(fleet.cli("status", "shop", "--json").stdout)["rollout"]["state"] == "failed"
+
+
+def test_up_after_a_killed_up_cleans_up_and_starts(fleet: Fleet) -> None:
+    assert fleet.deploy("shop", "v1", "--instances", "2").returncode == 0
+    assert fleet.proc is not None
+    os.kill(fleet.proc.pid, signal.SIGKILL)  # `up` gets no chance to stop its parts
+    fleet.proc.wait(timeout=10)
+    assert fleet.leftovers()  # its parts and instances still run, holding the ports
+    fleet.start()  # same ports, same state dir
+    assert "left running by a skewless up that died" in fleet.log()
+    # The store survived: the app is back on the new fleet.
+    wait_for("v1 to answer again", lambda: fleet.serves("v1"), timeout=60)
