@@ -153,6 +153,7 @@ def test_controller_killed_mid_rollout_resumes(fleet: Fleet) -> None:
                 lambda: fleet.ready_instances("shop", "v2") >= 1,
                 timeout=60,
             )
+            assert rollout(fleet, "shop").get("state") == "progressing"  # mid-rollout
             controller = fleet.parts()["controller"]["pid"]
             os.kill(controller, signal.SIGKILL)
             wait_for(
