@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from skewless.core.analysis import AnalysisSpec, VersionStats
 from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState, VersionState
 from skewless.core.plan import (
     Action,
@@ -67,6 +68,9 @@ class Ver:
     last_pinned_at: float | None = None
     live_since: float | None = None
     weight_zero_since: float | None = None
+    error_rate: float = 0.0
+    requests: int = 0
+    errors: int = 0
 
 
 @dataclass
@@ -129,6 +133,7 @@ class World:
                     last_pinned_at=v.last_pinned_at,
                     live_since=v.live_since,
                     weight_zero_since=v.weight_zero_since,
+                    stats=VersionStats(requests=v.requests, errors=v.errors),
                 )
                 for v in self.versions.values()
             ),
@@ -202,6 +207,8 @@ class World:
                 if weight > EPS:
                     if ver.weight <= EPS and ver.live_since is None:
                         ver.live_since = self.now
+                    if ver.weight <= EPS:
+                        ver.requests = ver.errors = 0  # the analysis window restarts
                     ver.state = VersionState.LIVE
                 elif ver.weight > EPS:
                     ver.weight_zero_since = self.now
@@ -264,6 +271,9 @@ class World:
             if ver.load < 0.5:
                 ver.load = 0.0
             ver.sessions = math.ceil(ver.load / 2)
+            served = int(ver.load * 5)
+            ver.requests += served
+            ver.errors += sum(1 for _ in range(served) if rng.random() < ver.error_rate)
             if ver.load > 0:
                 ver.last_pinned_at = self.now
         if self.state is RolloutState.PROGRESSING and rng.random() < chaos.pause:
@@ -322,8 +332,9 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
     stopped = {a.instance_id for a in result.actions if isinstance(a, StopInstance)}
     views = {v.version: v for v in snap.versions}
     active = {v for v, view in views.items() if view.state is not VersionState.RETIRED}
-    if snap.state not in TERMINAL_ROLLOUT_STATES:
-        active.add(spec.to_version)  # a rollout may revive a retired target
+    finishing = any(isinstance(a, FinishRollout) for a in result.actions)
+    if snap.state not in TERMINAL_ROLLOUT_STATES and not finishing:
+        active.add(spec.to_version)  # a running rollout may revive a retired target
     before: dict[str, int] = {}
     after: dict[str, int] = {}
     for inst in snap.instances:
@@ -340,6 +351,11 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
         assert left >= min(have, floor), (
             f"{name}: {have} -> {left} serving, floor {floor}, load {views[name].load}"
         )
+    # Invariant 3: a version that may still have pinned sessions keeps a ready instance.
+    for name in active:
+        pinned = name in views and not retirable(views[name], spec, snap.now)
+        if pinned and before.get(name, 0) > 0:
+            assert after.get(name, 0) > 0, f"{name} left without a ready instance"
     # Invariant 4: never more than max_unavailable out.
     min_available = max(0, spec.instances - spec.max_unavailable)
     have_all, left_all = sum(before.values()), sum(after.values())
@@ -358,7 +374,7 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
             assert target.weight == 1.0
             live = [i for i in snap.instances if i.version == spec.to_version and serving(snap, i)]
             assert len(live) == spec.instances, "success before the target is fully live"
-            if spec.success_after_retirement:
+            if spec.succeed_when == "retired":
                 others = [v for v in views.values() if v.version != spec.to_version]
                 assert all(v.state is VersionState.RETIRED for v in others)
                 assert all(
@@ -465,7 +481,8 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
         rollback_of=old if rollback else None,
-        success_after_retirement=draw(st.booleans()),
+        succeed_when=draw(st.sampled_from(["retired", "live"])),
+        analysis=AnalysisSpec(min_requests=50) if chaos and draw(st.booleans()) else None,
     )
     versions = {
         old: Ver(
@@ -480,6 +497,8 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         ),
         new: Ver(version=new, capacity=capacity_new),
     }
+    if chaos:
+        versions[new].error_rate = draw(st.sampled_from([0.0, 0.0, 0.2]))
     if rollback:
         versions[new].live_since = 0.0
         versions[new].weight_zero_since = 500.0
@@ -599,3 +618,70 @@ def test_planner_sim_replay_proposes_the_same_plan() -> None:
         ),
     )
     assert plan(snap) == plan(replace(snap))
+
+
+def test_planner_sim_story_of_a_rolling_release() -> None:
+    """Three hosts of one slot, v1 on each, load that needs two: the story of v2."""
+    hosts = [HostView(id=f"h{k}", slots=1) for k in range(3)]
+    instances = {f"h{k}/shop/v1/0": _ready(f"h{k}", "v1", 0) for k in range(3)}
+    spec = RolloutSpec(
+        app="shop",
+        to_version="v2",
+        strategy="rolling",
+        instances=3,
+        progress_deadline=600.0,
+        idle_timeout=60.0,
+        max_lifetime=3600.0,
+    )
+    world = World(
+        rng=random.Random(7),
+        spec=spec,
+        hosts=hosts,
+        versions={
+            "v1": Ver(
+                version="v1",
+                capacity=100.0,
+                state=VersionState.LIVE,
+                weight=1.0,
+                load=150.0,
+                sessions=75,
+                last_pinned_at=1000.0,
+                live_since=0.0,
+            ),
+            "v2": Ver(version="v2", capacity=100.0),
+        },
+        instances=instances,
+        chaos=Chaos(),
+        total_load=150.0,
+        base_load=150.0,
+        load_walk=False,
+    )
+    log: list[tuple[float, str]] = []
+    shares: list[float] = []
+    for _ in range(500):
+        snap = world.snapshot()
+        result = plan(snap)
+        check_plan(world, snap, result)
+        if result.settled:
+            break
+        for action in result.actions:
+            log.append((world.now, action.key))
+            if isinstance(action, SetWeights):
+                shares.append(dict(action.weights)["v2"])
+            world.apply(action)
+        world.events()
+    else:
+        raise AssertionError("the story never ended")
+    keys = [k for _, k in log]
+    # 150 req/s * 1.3 needs 2 of v1's 3 instances: one may go first, and only one.
+    assert keys[0] == "drain:h0/shop/v1/0"
+    assert keys.index("start:h0/shop/v2/0") > keys.index("stop:h0/shop/v1/0")
+    # v2's share follows its ready capacity (100 of 195 needed: 51%), then grows.
+    assert shares == sorted(shares) and shares[0] == 0.51 and shares[-1] == 1.0
+    finish = next(t for t, k in log if k == "finish:succeeded")
+    retire = next(t for t, k in log if k == "retire:v1")
+    assert world.retired_at["v1"][1] == "sessions_idle"
+    # v1 went last: its final slot was needed for v2's third instance.
+    assert retire < finish
+    assert world.versions["v1"].last_pinned_at is not None
+    assert retire - world.versions["v1"].last_pinned_at >= spec.idle_timeout
