@@ -1,7 +1,7 @@
 """The demo's scenario at a larger scale: releases in a row under session-flow load.
 
     python bench/release.py [--instances 8] [--hosts 4] [--users 300] [--releases 5]
-                            [--think 2.0] [--idle-timeout 5] [--json]
+                            [--think 2.0] [--idle-timeout 10] [--json]
 
 A local fleet (``skewless up``, free ports, a temporary state dir), the sign-up wizard v1
 on ``--instances`` instances, ``--users`` simulated users, then ``--releases`` releases
@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from skewless.demo.story import DemoError, Story, StoryOptions, render
+from skewless.demo.story import DemoError, Story, StoryOptions, check_idle_timeout, render
 
 
 def _free() -> str:
@@ -42,9 +42,13 @@ def main() -> int:
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--releases", type=int, default=5)
     p.add_argument("--think", type=float, default=2.0, help="mean think time per page (s)")
-    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="session idle timeout (s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    try:
+        check_idle_timeout(args.idle_timeout, args.think)
+    except DemoError as exc:
+        p.error(str(exc))
     strategies = ("rolling", "side-by-side")
     releases = tuple((f"v{n + 2}", strategies[n % 2]) for n in range(args.releases))
     slots = max(4, -(-2 * args.instances // args.hosts))  # side-by-side doubles instances
