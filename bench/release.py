@@ -92,34 +92,51 @@ def main() -> int:
         title=f"{len(releases)} releases, {args.instances} instances on {args.hosts} hosts, "
         f"{args.users} users"
     )
-    for col in (
+    cols = (
         "release",
         "strategy",
         "requests",
         "failed",
         "mixed",
         "duration",
-        "floor",
+        "least",
         "ratio",
-        "old retired after",
+        "old retired",
         "why",
-    ):
+        "idle before",
+        "ready/floor",
+        "+procs",
+        "+MB",
+    )
+    for col in cols:
         table.add_column(col, justify="right")
+
+    def sec(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
     for r in result.releases:
         j = r.to_json()
+        ratio = j["duration_over_floor"]
         table.add_row(
-            f"{j['old_version']} -> {j['version']}",
+            f"{j['old_version']}->{j['version']}",
             j["strategy"],
             str(j["requests"]),
             str(j["failed_requests"]),
             str(j["mixed_sessions"]),
-            f"{j['duration']:.1f} s",
-            "-" if j["duration_floor"] is None else f"{j['duration_floor']:.1f} s",
-            "-" if j["duration_over_floor"] is None else f"{j['duration_over_floor']:.1f}x",
-            "-" if j["old_retired_after"] is None else f"{j['old_retired_after']:.1f} s",
+            sec(j["duration"]),
+            sec(j["duration_floor"]),
+            "-" if ratio is None else f"{ratio:.1f}x",
+            sec(j["old_retired_after"]),
             j["retire_reason"] or "-",
+            sec(j["old_idle_before_retire"]),
+            f"{j['min_ready_instances']}/{j['floor']}",
+            str(j["peak_extra_processes"]),
+            f"{j['peak_extra_memory_mb']:.0f}",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
     return 0 if result.ok else 1
 
 
