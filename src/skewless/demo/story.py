@@ -587,12 +587,12 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("duration", "duration"),
     ("old version retired after", "old_retired_after"),
     ("  why", "retire_reason"),
-    ("  its last request before that", "old_idle_before_retire"),
+    ("  idle before that", "old_idle_before_retire"),
     ("min ready instances / floor", "min_ready_instances"),
     ("extra hosts used", "extra_hosts"),
     ("peak extra processes", "peak_extra_processes"),
     ("peak extra memory", "peak_extra_memory_mb"),
-    ("least possible duration (batches)", "duration_floor"),
+    ("least possible duration", "duration_floor"),
     ("duration / least possible", "duration_over_floor"),
 )
 
