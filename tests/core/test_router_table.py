@@ -145,8 +145,7 @@ H = [
 
 def test_request_head_strips_hop_by_hop_and_connection_named_fields() -> None:
     head = parse_request_head(H, "1.1", b"GET", b"/")
-    names = [n for n, _ in head.forward]
-    assert names == [b"Host", b"Cookie", b"Accept"]
+    assert head.forward == [b"Host: Shop.Example", b"Cookie: a=1", b"Accept: */*"]
     assert head.host == b"shop.example" and head.cookie == b"a=1" and not head.close
 
 
@@ -189,6 +188,17 @@ def test_response_head() -> None:
     head = parse_response_head(
         [(b"Content-Length", b"5"), (b"Connection", b"close"), (b"X-A", b"1")], 200
     )
-    assert head.content_length == 5 and head.close and head.forward == [(b"X-A", b"1")]
+    assert head.content_length == 5 and head.close and head.forward == [b"X-A: 1"]
     ws = parse_response_head([(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")], 101)
-    assert ws.forward == [(b"Upgrade", b"websocket")]
+    assert ws.forward == [b"Upgrade: websocket"]
+
+
+def test_request_head_captures_the_pin_header() -> None:
+    head = parse_request_head(
+        [(b"Host", b"a"), (b"Skewless-Pin", b" tok ")],
+        "1.1",
+        b"GET",
+        b"/",
+        frozenset({b"skewless-pin"}),
+    )
+    assert head.captured == b"tok"

@@ -35,13 +35,52 @@ STANDARD_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
+REQUEST_SPECIAL = frozenset(
+    {
+        b"host",
+        b"cookie",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"upgrade",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+    }
+)
+RESPONSE_SPECIAL = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+COMMON_CONNECTION = {
+    b"keep-alive": frozenset({b"keep-alive"}),
+    b"close": frozenset({b"close"}),
+    b"Keep-Alive": frozenset({b"keep-alive"}),
+    b"Upgrade": frozenset({b"upgrade"}),
+    b"upgrade": frozenset({b"upgrade"}),
+}
+
+
 class RequestHead(NamedTuple):
     host: bytes
     """The Host header value (lower-cased), ``b""`` if absent (HTTP/1.0)."""
     cookie: bytes | None
     """Every Cookie header joined with ``; `` (RFC 9113 style), or None."""
-    forward: list[tuple[bytes, bytes]]
-    """End-to-end headers to forward (Host included), original order and case."""
+    forward: list[bytes]
+    """End-to-end header lines to forward, rendered ``Name: value`` (Host included),
+    in their original order and case."""
     chunked: bool
     content_length: int
     """-1 when absent."""
@@ -53,24 +92,31 @@ class RequestHead(NamedTuple):
     """Incoming ``X-Forwarded-For`` (to append to)."""
     forwarded: bytes | None
     """Incoming ``Forwarded`` (to append to)."""
+    captured: bytes | None
+    """The value of the first header named in ``capture`` (the pin header), if any."""
+
+
+_new = tuple.__new__
 
 
 class BadRequest(Exception):
     """A message head a proxy must not forward (answer 400 and close)."""
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    common = COMMON_CONNECTION.get(value)
+    if common is not None:
+        return common
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
 def check_target(method: bytes, url: bytes) -> None:
+    if url[:1] == b"/" and b" " not in url and b"\t" not in url:
+        return
     if not url:
         raise BadRequest("empty request target")
     if b" " in url or b"\t" in url:
         raise BadRequest("whitespace in the request target")
-    first = url[:1]
-    if first == b"/":
-        return
     if url == b"*" and method == b"OPTIONS":
         return
     low = url[:8].lower()
@@ -79,32 +125,46 @@ def check_target(method: bytes, url: bytes) -> None:
     raise BadRequest("request target must be a path, an absolute URL or * (OPTIONS)")
 
 
+def _drop_named(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    return [line for line in lines if line.partition(b":")[0].lower() not in names]
+
+
 def parse_request_head(
-    headers: list[tuple[bytes, bytes]], http_version: str, method: bytes, url: bytes
+    headers: list[tuple[bytes, bytes]],
+    http_version: str,
+    method: bytes,
+    url: bytes,
+    capture: frozenset[bytes] = frozenset(),
 ) -> RequestHead:
     """Check and split a request head; raise ``BadRequest`` naming the problem."""
     if http_version != "1.1" and http_version != "1.0":
         raise BadRequest(f"HTTP version {http_version} is not supported")
-    check_target(method, url)
+    if url[:1] != b"/" or b" " in url or b"\t" in url:
+        check_target(method, url)
     host: bytes | None = None
-    cookies: list[bytes] = []
-    forward: list[tuple[bytes, bytes]] = []
+    cookie: bytes | None = None
+    forward: list[bytes] = []
     chunked = False
     length = -1
     upgrade_asked = False
-    conn: set[bytes] = set()
+    conn: frozenset[bytes] = frozenset()
     xff: bytes | None = None
     fwd: bytes | None = None
+    captured: bytes | None = None
     for name, value in headers:
         low = name.lower()
-        if low == b"host":
+        if low not in REQUEST_SPECIAL:
+            if low in capture and captured is None:
+                captured = value.strip()
+            forward.append(name + b": " + value)
+        elif low == b"host":
             if host is not None:
                 raise BadRequest("more than one Host header")
             host = value.strip().lower()
-            forward.append((name, value))
+            forward.append(name + b": " + value)
         elif low == b"cookie":
-            cookies.append(value)
-            forward.append((name, value))
+            cookie = value if cookie is None else cookie + b"; " + value
+            forward.append(name + b": " + value)
         elif low == b"content-length":
             length = int(value)  # llhttp already refused anything but digits and repeats
         elif low == b"transfer-encoding":
@@ -112,39 +172,45 @@ def parse_request_head(
                 raise BadRequest(f"Transfer-Encoding {value.decode('latin-1')!r} is not supported")
             chunked = True
         elif low == b"connection":
-            conn |= _connection_tokens(value)
+            conn = conn | _connection_tokens(value)
         elif low == b"upgrade":
             upgrade_asked = value.strip().lower() == b"websocket"
         elif low == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
         elif low == b"forwarded":
             fwd = value if fwd is None else fwd + b", " + value
-        elif low not in HOP_BY_HOP:
-            forward.append((name, value))
+        # the rest of REQUEST_SPECIAL is dropped: hop-by-hop, or X-Forwarded-Proto, which
+        # the router sets itself (it is where the client's protocol is known)
     if host is None:
         if http_version == "1.1":
             raise BadRequest("missing Host header")
         host = b""
-    if conn - STANDARD_CONNECTION_TOKENS:
+    if conn:
         extra = conn - STANDARD_CONNECTION_TOKENS
-        forward = [(n, v) for n, v in forward if n.lower() not in extra]
+        if extra:
+            forward = _drop_named(forward, extra)
     close = b"close" in conn or (http_version == "1.0" and b"keep-alive" not in conn)
-    return RequestHead(
-        host=host,
-        cookie=b"; ".join(cookies) if cookies else None,
-        forward=forward,
-        chunked=chunked,
-        content_length=length,
-        upgrade=upgrade_asked and b"upgrade" in conn,
-        close=close,
-        xff=xff,
-        forwarded=fwd,
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function
+    return _new(
+        RequestHead,
+        (
+            host,
+            cookie,
+            forward,
+            chunked,
+            length,
+            upgrade_asked and b"upgrade" in conn,
+            close,
+            xff,
+            fwd,
+            captured,
+        ),
     )
 
 
 class ResponseHead(NamedTuple):
-    forward: list[tuple[bytes, bytes]]
-    """End-to-end headers (no framing, no hop-by-hop)."""
+    forward: list[bytes]
+    """End-to-end header lines ``Name: value`` (no framing, no hop-by-hop)."""
     chunked: bool
     content_length: int
     """-1 when absent (then the body is chunked, or runs to the close)."""
@@ -153,32 +219,24 @@ class ResponseHead(NamedTuple):
 
 
 def parse_response_head(headers: list[tuple[bytes, bytes]], status: int) -> ResponseHead:
-    forward: list[tuple[bytes, bytes]] = []
+    forward: list[bytes] = []
     chunked = False
     length = -1
-    conn: set[bytes] = set()
+    conn: frozenset[bytes] = frozenset()
     for name, value in headers:
         low = name.lower()
-        if low == b"content-length":
+        if low not in RESPONSE_SPECIAL:
+            forward.append(name + b": " + value)
+        elif low == b"content-length":
             length = int(value)
         elif low == b"transfer-encoding":
             chunked = value.strip().lower().endswith(b"chunked")
         elif low == b"connection":
-            conn |= _connection_tokens(value)
-        elif low not in HOP_BY_HOP or (status == 101 and low == b"upgrade"):
-            forward.append((name, value))
-    if conn - STANDARD_CONNECTION_TOKENS:
+            conn = conn | _connection_tokens(value)
+        elif status == 101 and low == b"upgrade":
+            forward.append(name + b": " + value)
+    if conn:
         extra = conn - STANDARD_CONNECTION_TOKENS
-        forward = [(n, v) for n, v in forward if n.lower() not in extra]
-    return ResponseHead(
-        forward=forward, chunked=chunked, content_length=length, close=b"close" in conn
-    )
-
-
-def render_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """``first_line`` CRLF, ``name: value`` CRLF each, CRLF."""
-    parts = [first_line]
-    for name, value in headers:
-        parts.append(name + b": " + value)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+        if extra:
+            forward = _drop_named(forward, extra)
+    return _new(ResponseHead, (forward, chunked, length, b"close" in conn))

@@ -149,8 +149,9 @@ def least_outstanding(
         return None
     if n == 1:
         return candidates[0]
-    i = min(int(rand() * n), n - 1)
-    j = min(int(rand() * (n - 1)), n - 2)
+    # rand() < 1 and n < 2**53, so int(rand() * n) < n: no clamping needed.
+    i = int(rand() * n)
+    j = int(rand() * (n - 1))
     if j >= i:
         j += 1  # a distinct second choice
     a, b = candidates[i], candidates[j]

@@ -7,10 +7,12 @@ answered within 5 ms, ``le_inf`` counts all of them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+BOUNDS_S = tuple(b / 1000 for b in BUCKETS_MS)
 
 
 class VersionStats:
@@ -51,14 +53,8 @@ class VersionStats:
         by[status] = by.get(status, 0) + 1
         if status >= 500:
             self.errors_5xx += 1
-        ms = seconds * 1000.0
         self.latency_sum += seconds
-        i = 0
-        for bound in BUCKETS_MS:
-            if ms <= bound:
-                break
-            i += 1
-        self.buckets[i] += 1
+        self.buckets[bisect_left(BOUNDS_S, seconds)] += 1
 
     def seen_session(self, session_id: str, now: float) -> None:
         self.sessions[session_id] = now

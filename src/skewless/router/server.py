@@ -28,7 +28,9 @@ from skewless.core.model import VersionState
 from skewless.core.pin import Pin, PinCodec, cookie_max_age
 from skewless.core.route_table import EMPTY_TABLE, AppRoute, RouteTable
 from skewless.core.routing import AppPolicy, VersionPool, compile_policy, eligible
-from skewless.router.client import ClientProtocol, Exchange
+from skewless.router import clock
+from skewless.router.client import ClientProtocol
+from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
@@ -46,9 +48,10 @@ class Options:
     upstream_timeout: float = 60.0
     """No response head (or no response byte mid-body) from an instance -> 504 / close."""
     connect_timeout: float = 2.0
-    pool_idle: float = 2.0
+    pool_idle: float = 1.5
     """Idle pooled connections are closed after this: shorter than the keep-alive of
-    common app servers (uvicorn: 5 s), so we never write to a connection they closed."""
+    common app servers (uvicorn 5 s, gunicorn 2 s), so we do not write to a connection
+    they closed."""
     max_head: int = 32 * 1024
     eject_after: int = 3
     """Consecutive connect failures that eject an instance (passive)."""
@@ -64,11 +67,13 @@ class AppRuntime:
         "cookie_b",
         "cookie_suffix",
         "header_b",
+        "header_is_version",
         "idle",
         "life",
         "name",
         "pin",
         "policy",
+        "refresh",
         "route",
         "stats",
         "versions_b",
@@ -81,8 +86,13 @@ class AppRuntime:
         self.pin = s.pin
         self.cookie_b = s.cookie.encode()
         self.header_b = s.header.encode()
+        self.header_is_version = s.header.lower() == "skewless-version"
+        """The table named Skewless-Version as its pin header: a header-form client then
+        gets its token there (one header of that name per response)."""
         self.idle = s.idle_timeout
         self.life = s.max_lifetime
+        self.refresh = min(60.0, s.idle_timeout / 10.0)
+        """Re-issue a pin this old (seconds): see ``skewless.core.pin.needs_refresh``."""
         self.cookie_suffix = b"; Path=/; HttpOnly; SameSite=Lax"
         self.policy: AppPolicy[Instance] = compile_policy([])
         self.versions_b = {v.version: v.version.encode() for v in route.versions}
@@ -124,6 +134,9 @@ class RouterServer:
         self.pin_headers: frozenset[bytes] = frozenset()
         self.clients: set[ClientProtocol] = set()
         self.draining = False
+        self.epoch = 0
+        """Bumped whenever routing may change (table, health, keys): per-connection route
+        caches are valid only within one epoch."""
         self.mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.start_health: Callable[[Instance], None] = lambda i: None
@@ -176,6 +189,7 @@ class RouterServer:
         self.apps = apps
         self.table = table
         self.host_cache = {}
+        self.epoch += 1
         self.pin_headers = frozenset(a.session.header.lower().encode() for a in table.apps)
         for name in apps:
             self.recompile(name)
@@ -204,6 +218,7 @@ class RouterServer:
                 )
             )
         runtime.policy = compile_policy(pools)
+        self.epoch += 1
 
     def app_for(self, host: bytes) -> AppRuntime | None:
         cache = self.host_cache
@@ -284,7 +299,8 @@ class RouterServer:
     # ---- timers ----------------------------------------------------------------------
 
     def sweep(self) -> None:
-        now = self.mono = time.monotonic()
+        clock.advance()
+        now = self.mono = clock.mono
         o = self.options
         for client in list(self.clients):
             if client.closing or client.tunnel is not None:
@@ -292,7 +308,7 @@ class RouterServer:
             ex = client.active
             if ex is not None:
                 conn = ex.conn
-                if conn is not None and now - conn.last_io > o.upstream_timeout:
+                if conn is not None and not conn.held and now - conn.last_io > o.upstream_timeout:
                     log.warning("instance %s timed out on a request", ex.instance_id())
                     ex.timed_out()
             elif client.awaiting_head:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
 
 from skewless.core.http_framing import BadRequest, parse_response_head
+from skewless.router import clock
 from skewless.router.instance import Instance
 
 if TYPE_CHECKING:
-    from skewless.router.client import Exchange
+    from skewless.router.exchange import Exchange
 
 HIGH_WATER = 256 * 1024
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+"""Reason phrases are ours (RFC 9112: a client ignores them), so no on_status callback."""
 monotonic = time.monotonic
 
 
@@ -29,11 +33,11 @@ class UpstreamProtocol(asyncio.Protocol):
         "closed",
         "ex",
         "headers",
+        "held",
         "instance",
         "interim",
         "last_io",
         "parser",
-        "reason",
         "transport",
         "tunnel",
     )
@@ -44,10 +48,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ex: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.closed = False
         self.tunnel = False
         self.interim = False
+        self.held = False
+        """Reading paused because the client is slow (the upstream timeout waits)."""
         self.last_io = monotonic()
 
     def __repr__(self) -> str:
@@ -61,7 +66,7 @@ class UpstreamProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        self.last_io = monotonic()
+        self.last_io = clock.mono
         ex = self.ex
         if ex is None:  # nothing asked: an idle connection must stay silent
             self.close()
@@ -69,17 +74,18 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.tunnel:
             ex.client.write(data)
             return
-        ex.response_bytes = True
+        client = ex.client
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             if self.tunnel and rest:
-                ex.client.write(rest)
+                client.write(rest)
         except (httptools.HttpParserError, BadRequest, ValueError):
             if self.ex is not None:
                 self.ex.upstream_failed("invalid response from the instance")
             self.close()
+        client.flush()
 
     def eof_received(self) -> bool | None:
         return False
@@ -94,6 +100,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 ex.tunnel_closed()
             else:
                 ex.upstream_lost()
+            ex.client.flush()
 
     def pause_writing(self) -> None:
         if self.ex is not None:
@@ -105,13 +112,6 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # ---- httptools callbacks ---------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
@@ -119,13 +119,16 @@ class UpstreamProtocol(asyncio.Protocol):
         ex = self.ex
         if ex is None:
             return
+        headers = self.headers
+        self.headers = []
         status = self.parser.get_status_code()
+        reason = REASONS.get(status, b"Unknown")
         if status < 200 and status != 101:
             self.interim = True
-            ex.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
+            ex.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
-        head = parse_response_head(self.headers, status)
-        ex.response_head(status, self.reason, head, self)
+        head = parse_response_head(headers, status)
+        ex.response_head(status, reason, head, self)
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
@@ -153,6 +156,10 @@ class UpstreamProtocol(asyncio.Protocol):
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool, or closed."""
         self.ex = None
+        if self.held:
+            self.held = False
+            if self.transport is not None:
+                self.transport.resume_reading()
         if reusable and not self.closed and not self.tunnel:
             self.last_io = monotonic()
             self.instance.put_idle(self)

@@ -107,6 +107,7 @@ class Worker:
             log.error("keys not reloaded (%s), the old keys stay in force: %s", why, error)
             return
         self.server.codec = PinCodec(keyring)
+        self.server.epoch += 1
         log.info("keys reloaded from %s (%s): %s sign", path, why, keyring.keys[0].key_id)
 
     def on_sighup(self) -> None:
@@ -122,9 +123,16 @@ class Worker:
                 self.reload_routes("file changed")
 
     async def tick(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
             self.server.sweep()
+            ticks += 1
+            if ticks % 100 == 0:  # forget sessions idle past their timeout (bounded memory)
+                now = time.time()
+                for rt in self.server.apps.values():
+                    for stats in rt.stats.values():
+                        stats.live_sessions(now, rt.idle)
 
     # ---- life ------------------------------------------------------------------------
 
