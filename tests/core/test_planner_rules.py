@@ -555,12 +555,12 @@ def test_planner_add_is_proposed_for_each_smoked_instance_only_once_visible() ->
     assert RunSmoke(instance_id="h1/shop/v2/0") not in plan(s).actions
 
 
-def test_planner_strict_success_waits_for_old_versions_to_be_gone() -> None:
+def test_planner_retired_success_waits_for_old_versions_to_be_gone() -> None:
     waiting = (
         ver("v1", 0.0, sessions=5, last_pinned_at=999.0, weight_zero_since=990.0),
         ver("v2", 1.0),
     )
-    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=waiting, success_after_retirement=True)
+    s = snap(inst("h1/shop/v1/0"), *LIVE_V2, versions=waiting, succeed_when="retired")
     held = plan(s)
     assert held.actions == ()
     assert held.waiting_for is not None and "v1 keeps serving its sessions" in held.waiting_for
@@ -568,3 +568,114 @@ def test_planner_strict_success_waits_for_old_versions_to_be_gone() -> None:
     stopped = inst("h1/shop/v1/0", desired="stopped", state=InstanceState.STOPPED, table="absent")
     done = plan(replace(s, versions=retired, instances=(stopped, *LIVE_V2)))
     assert keys(done) == ["finish:succeeded"]
+
+
+def test_planner_abort_under_load_goes_back_as_fast_as_the_old_version_can_carry() -> None:
+    # v2 took every new session; v1 kept one instance for its last sessions. Aborting
+    # must not pour 150 req/s onto that one instance: v1 takes what it carries and grows.
+    versions = (
+        ver("v1", 0.0, load=50.0, sessions=20, last_pinned_at=999.0, weight_zero_since=900.0),
+        ver("v2", 1.0, load=100.0),
+    )
+    s = snap(
+        inst("h1/shop/v1/0"),
+        inst("h1/shop/v2/0"),
+        inst("h2/shop/v2/1"),
+        versions=versions,
+        state=RolloutState.ABORTED,
+        strategy="side-by-side",
+    )
+    result = plan(s)
+    weights = next(a for a in result.actions if isinstance(a, SetWeights))
+    assert dict(weights.weights) == {"v1": 0.51, "v2": 0.49}  # 100 / (150 * 1.3)
+    assert StartInstance(instance_id="h2/shop/v1/0", host="h2", version="v1") in result.actions
+    assert not any(isinstance(a, DrainInstance) for a in result.actions)
+
+
+def test_planner_deadline_spares_a_wait_for_old_sessions_only() -> None:
+    # Full hosts: v2's third instance needs v1's last slot, held by v1's sessions.
+    versions = (
+        ver("v1", 0.0, sessions=3, last_pinned_at=4990.0, weight_zero_since=1000.0),
+        ver("v2", 1.0),
+    )
+    s = snap(
+        inst("h1/shop/v1/0"),
+        *LIVE_V2,
+        versions=versions,
+        hosts={"h1": 2, "h2": 1},
+        instances=3,
+        now=5000.0,
+        last_progress_at=1000.0,
+        max_lifetime=43200.0,
+    )
+    result = plan(s)
+    assert not any(isinstance(a, FinishRollout) for a in result.actions)
+    assert result.waiting_for is not None and "v1 keeps serving its sessions" in result.waiting_for
+    # The same wait with a host running the wrong version is a stuck rollout.
+    wrong = (inst("h1/shop/v1/0"), inst("h1/shop/v2/0"), inst("h2/shop/v2/1", rv="v1"))
+    stuck = plan(replace(s, instances=wrong))
+    assert isinstance(stuck.actions[-1], FinishRollout)
+    assert stuck.actions[-1].state is RolloutState.FAILED
+
+
+# ---- slots and placement -----------------------------------------------------------
+
+
+def test_planner_side_by_side_prefers_hosts_running_the_old_version() -> None:
+    s = snap(
+        inst("h2/shop/v1/0"),
+        inst("h3/shop/v1/0"),
+        strategy="side-by-side",
+        hosts={"h1": 2, "h2": 2, "h3": 2},
+    )
+    assert keys(plan(s)) == ["start:h2/shop/v2/0", "start:h3/shop/v2/0"]
+
+
+def test_planner_no_start_on_a_dead_host_or_a_slot_of_another_app() -> None:
+    s = replace(
+        snap(inst("h1/shop/v1/0"), strategy="side-by-side", instances=1),
+        hosts=(HostView(id="h1", slots=2, alive=False), HostView(id="h2", slots=1)),
+        other_apps_slots={"h2": 1},
+    )
+    result = plan(s)
+    assert result.actions == ()
+    assert result.waiting_for is not None and "needs a free slot for v2" in result.waiting_for
+
+
+def test_planner_rolling_max_surge_uses_free_slots_before_draining() -> None:
+    s = snap(inst("h1/shop/v1/0"), inst("h1/shop/v1/1"), max_surge=1, hosts={"h1": 2, "h2": 2})
+    assert keys(plan(s)) == ["start:h2/shop/v2/0"]
+    no_surge = snap(inst("h1/shop/v1/0"), inst("h1/shop/v1/1"), hosts={"h1": 2, "h2": 2})
+    assert keys(plan(no_surge)) == ["drain:h1/shop/v1/0"]
+
+
+def test_planner_rolling_batch_limits_moves_in_flight() -> None:
+    s = snap(
+        inst("h1/shop/v1/0", table="draining", drain_generation=5, inflight=1),
+        inst("h1/shop/v1/1"),
+        inst("h2/shop/v1/0"),
+        inst("h2/shop/v1/1"),
+        instances=4,
+        max_unavailable=2,
+    )
+    result = plan(s)
+    assert not any(isinstance(a, DrainInstance | StartInstance) for a in result.actions)
+    assert result.waiting_for is not None and "batch of 1 in flight" in result.waiting_for
+
+
+def test_planner_drains_failed_and_unknown_instances_and_target_surplus() -> None:
+    s = snap(
+        inst("h1/shop/v1/0", state=InstanceState.FAILED),
+        inst("h1/shop/v0/0"),  # a version the snapshot does not know
+        inst("h2/shop/v2/0"),
+        inst("h2/shop/v2/1"),
+        inst("h2/shop/v2/2"),
+        versions=(ver("v1", 0.0, state=VersionState.RETIRED), ver("v2", 1.0)),
+        state=RolloutState.SUCCEEDED,
+        hosts={"h1": 2, "h2": 3},
+    )
+    assert set(keys(plan(s))) == {
+        "drain:h1/shop/v1/0",
+        "drain:h1/shop/v0/0",
+        "drain:h2/shop/v2/0",  # three v2 instances, two wanted
+    }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from skewless.core.analysis import AnalysisSpec, VersionStats
 from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState, VersionState
 from skewless.core.plan import (
     Action,
@@ -67,6 +68,9 @@ class Ver:
     last_pinned_at: float | None = None
     live_since: float | None = None
     weight_zero_since: float | None = None
+    error_rate: float = 0.0
+    requests: int = 0
+    errors: int = 0
 
 
 @dataclass
@@ -129,6 +133,7 @@ class World:
                     last_pinned_at=v.last_pinned_at,
                     live_since=v.live_since,
                     weight_zero_since=v.weight_zero_since,
+                    stats=VersionStats(requests=v.requests, errors=v.errors),
                 )
                 for v in self.versions.values()
             ),
@@ -202,6 +207,8 @@ class World:
                 if weight > EPS:
                     if ver.weight <= EPS and ver.live_since is None:
                         ver.live_since = self.now
+                    if ver.weight <= EPS:
+                        ver.requests = ver.errors = 0  # the analysis window restarts
                     ver.state = VersionState.LIVE
                 elif ver.weight > EPS:
                     ver.weight_zero_since = self.now
@@ -264,6 +271,9 @@ class World:
             if ver.load < 0.5:
                 ver.load = 0.0
             ver.sessions = math.ceil(ver.load / 2)
+            served = int(ver.load * 5)
+            ver.requests += served
+            ver.errors += sum(1 for _ in range(served) if rng.random() < ver.error_rate)
             if ver.load > 0:
                 ver.last_pinned_at = self.now
         if self.state is RolloutState.PROGRESSING and rng.random() < chaos.pause:
@@ -322,8 +332,9 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
     stopped = {a.instance_id for a in result.actions if isinstance(a, StopInstance)}
     views = {v.version: v for v in snap.versions}
     active = {v for v, view in views.items() if view.state is not VersionState.RETIRED}
-    if snap.state not in TERMINAL_ROLLOUT_STATES:
-        active.add(spec.to_version)  # a rollout may revive a retired target
+    finishing = any(isinstance(a, FinishRollout) for a in result.actions)
+    if snap.state not in TERMINAL_ROLLOUT_STATES and not finishing:
+        active.add(spec.to_version)  # a running rollout may revive a retired target
     before: dict[str, int] = {}
     after: dict[str, int] = {}
     for inst in snap.instances:
@@ -340,6 +351,11 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
         assert left >= min(have, floor), (
             f"{name}: {have} -> {left} serving, floor {floor}, load {views[name].load}"
         )
+    # Invariant 3: a version that may still have pinned sessions keeps a ready instance.
+    for name in active:
+        pinned = name in views and not retirable(views[name], spec, snap.now)
+        if pinned and before.get(name, 0) > 0:
+            assert after.get(name, 0) > 0, f"{name} left without a ready instance"
     # Invariant 4: never more than max_unavailable out.
     min_available = max(0, spec.instances - spec.max_unavailable)
     have_all, left_all = sum(before.values()), sum(after.values())
@@ -358,7 +374,7 @@ def check_plan(world: World, snap: FleetSnapshot, result: Plan) -> None:
             assert target.weight == 1.0
             live = [i for i in snap.instances if i.version == spec.to_version and serving(snap, i)]
             assert len(live) == spec.instances, "success before the target is fully live"
-            if spec.success_after_retirement:
+            if spec.succeed_when == "retired":
                 others = [v for v in views.values() if v.version != spec.to_version]
                 assert all(v.state is VersionState.RETIRED for v in others)
                 assert all(
@@ -465,7 +481,8 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         idle_timeout=draw(st.sampled_from([30.0, 120.0])),
         max_lifetime=draw(st.sampled_from([200.0, 1000.0])),
         rollback_of=old if rollback else None,
-        success_after_retirement=draw(st.booleans()),
+        succeed_when=draw(st.sampled_from(["retired", "live"])),
+        analysis=AnalysisSpec(min_requests=50) if chaos and draw(st.booleans()) else None,
     )
     versions = {
         old: Ver(
@@ -480,6 +497,8 @@ def worlds(draw: st.DrawFn, *, chaos: bool, roomy: bool = False, rollback: bool 
         ),
         new: Ver(version=new, capacity=capacity_new),
     }
+    if chaos:
+        versions[new].error_rate = draw(st.sampled_from([0.0, 0.0, 0.2]))
     if rollback:
         versions[new].live_since = 0.0
         versions[new].weight_zero_since = 500.0

@@ -23,9 +23,21 @@ from skewless.core.wording import plural, rps
 class FleetView:
     """Indexes of one ``FleetSnapshot`` (read-only; built once per ``plan`` call)."""
 
-    def __init__(self, snapshot: FleetSnapshot) -> None:
+    def __init__(
+        self,
+        snapshot: FleetSnapshot,
+        *,
+        min_available: int | None = None,
+        ending: bool = False,
+    ) -> None:
         self.snap = snapshot
         self.spec = snapshot.rollout
+        self.min_available = (
+            max(0, self.spec.instances - self.spec.max_unavailable)
+            if min_available is None
+            else min_available
+        )
+        """Serving instances the app keeps at least (the max_unavailable rule)."""
         self.now = snapshot.now
         self.target = self.spec.to_version
         self.versions: dict[str, VersionView] = {v.version: v for v in snapshot.versions}
@@ -33,8 +45,8 @@ class FleetView:
         for instance in sorted(snapshot.instances, key=lambda i: i.id):
             self.by_version.setdefault(instance.version, []).append(instance)
         # The target counts as active even if an earlier rollout retired it (a rollback
-        # to a retired version brings it back), but only while its rollout runs.
-        revive = snapshot.state not in TERMINAL_ROLLOUT_STATES
+        # to a retired version brings it back), but only while its rollout runs on.
+        revive = snapshot.state not in TERMINAL_ROLLOUT_STATES and not ending
         self.active = [
             v
             for v in sorted(self.versions)
@@ -96,7 +108,8 @@ class FleetView:
                     v,
                 ),
             )
-            if self.serving[best] > 0 or self.serving.get(self.target, 0) == 0:
+            target_can = self.target in self.floors and self.serving.get(self.target, 0) > 0
+            if self.serving[best] > 0 or not target_can:
                 return best
         return self.target
 
@@ -138,7 +151,7 @@ class DrainBudget:
         self.fleet = fleet
         self.serving = dict(fleet.serving)
         self.available = fleet.available
-        self.min_available = max(0, fleet.spec.instances - fleet.spec.max_unavailable)
+        self.min_available = fleet.min_available
 
     def blocker(self, instance: InstanceView, floor: int) -> str | None:
         """Why ``instance`` may not be drained now (None: it may)."""

@@ -112,9 +112,11 @@ class RolloutSpec:
     """Canary analysis thresholds; None: no analysis."""
     drain_timeout: float | None = None
     """Stop a draining instance after this long even with work in flight (None: never)."""
-    success_after_retirement: bool = False
-    """False: succeed when the new version is fully live (old versions keep retiring
-    after success). True: succeed only once every other version is retired and stopped."""
+    succeed_when: Literal["live", "retired"] = "live"
+    """``live``: the rollout succeeds as soon as the new version is fully live; old
+    versions keep retiring after success (the engine keeps planning the finished rollout
+    until ``Plan.settled``). ``retired``: only once every other version is also retired
+    and its instances stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)

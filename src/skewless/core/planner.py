@@ -42,17 +42,22 @@ in the table running the right version, weight 1.0. Old versions may still be se
 their pinned sessions then; the engine keeps calling the planner after success, which
 keeps retiring them by the same rules (``Plan.settled`` says when nothing is left).
 ``skewless deploy --wait`` thus returns when the new version is live, and retirements
-appear later as their own events, each with its reason (docs/decisions/planner-success.md).
+appear as their own events, each with its reason. ``succeed_when="retired"`` waits for
+them instead (docs/decisions/planner-success.md).
 
 **Failure**: a failed target instance, failed smoke checks, a failing canary analysis, or
-no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason;
-the same plan gives new sessions back to the old version. Sessions already pinned to the
-failed version keep it until idle, like any retirement; an operator rollback
-(``rollback_of``) retires it at once and routers re-pin its sessions.
+no progress within ``progress_deadline`` ends the rollout ``failed`` with the reason
+(except while the new version takes every new session and only old sessions, bounded by
+``max_lifetime``, hold the slots of its last instances);
+the same plan starts giving new sessions back to the old version. Sessions already
+pinned to the failed version keep it until idle, like any retirement; an operator
+rollback (``rollback_of``) retires it at once and routers re-pin its sessions.
 
 **Paused**: no actions. **Terminal** (succeeded, failed, aborted, rolled back): settle:
-the *keeper* (the target on success, else the old version) gets all new sessions, others
-are retired by the session rules and their instances drained and stopped.
+the *keeper* (the target on success, else the old version) keeps or gets all new
+sessions, others are retired by the session rules and their instances drained and
+stopped. Going back to an old keeper is planned as a rollout to it, sized for the whole
+load, so that it takes new sessions only as fast as its capacity grows.
 
 Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_down``
 (4-6), ``fleet_view`` (indexes, floors and the drain budget of the capacity guard),
@@ -61,12 +66,15 @@ Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_dow
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from skewless.core.analysis import judge
-from skewless.core.capacity import EPS, is_serving, occupies_slot
+from skewless.core.capacity import EPS, instances_needed, is_serving, occupies_slot
 from skewless.core.fleet_view import Draft, DrainBudget, FleetView
 from skewless.core.model import TERMINAL_ROLLOUT_STATES, InstanceState, RolloutState
 from skewless.core.new_instances import advance_new_instances, start_missing
 from skewless.core.plan import FinishRollout, FleetSnapshot, Plan, RunSmoke
+from skewless.core.retirement import session_retirement
 from skewless.core.weights import set_weights, shift_weights
 from skewless.core.wind_down import wind_down
 from skewless.core.wording import plural
@@ -82,7 +90,7 @@ def plan(snapshot: FleetSnapshot) -> Plan:
         return Plan(waiting_for="paused", floors=dict(fleet.floors))
     failure = why_failed(fleet)
     if failure is not None:
-        return settle(fleet, fleet.keeper(), finish=_failed(failure))
+        return _fail(snapshot, failure)
     if is_complete(fleet):
         done = FinishRollout(state=RolloutState.SUCCEEDED, reason=_success_reason(fleet))
         return settle(fleet, fleet.target, finish=done)
@@ -91,11 +99,26 @@ def plan(snapshot: FleetSnapshot) -> Plan:
     # Smoke checks are proposed again while they run: they alone are no progress.
     moving = any(not isinstance(a, RunSmoke) for a in result.actions)
     deadline = snapshot.rollout.progress_deadline
-    if not moving and elapsed >= deadline:
+    if not moving and elapsed >= deadline and not old_sessions_hold(fleet):
         why = result.waiting_for or "no action possible"
         reason = f"no progress for {elapsed:.0f} s (progress deadline {deadline:g} s): {why}"
-        return settle(fleet, fleet.keeper(), finish=_failed(reason))
+        return _fail(snapshot, reason)
     return result
+
+
+def old_sessions_hold(fleet: FleetView) -> bool:
+    """The rollout waits only for old versions' sessions to end (their slots hold the
+    last new instances): a wait that ``max_lifetime`` bounds, so no deadline applies."""
+    target = fleet.target
+    if fleet.weight(target) < 1.0 - EPS:
+        return False
+    if not all(is_serving(i) and i.running_version == target for i in fleet.target_instances()):
+        return False
+    return any(
+        fleet.weight(v) <= EPS
+        and session_retirement(fleet.versions[v], fleet.spec, fleet.now).reason is None
+        for v in fleet.old_versions()
+    )
 
 
 def progress(fleet: FleetView) -> Plan:
@@ -114,15 +137,28 @@ def progress(fleet: FleetView) -> Plan:
 
 def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None) -> Plan:
     """After a rollout (or in the plan that ends it): ``keeper`` takes every new session,
-    the other versions wind down. ``settled`` once nothing else is left."""
+    the other versions wind down. ``settled`` once nothing else is left.
+
+    When the rollout did not succeed, the way back to the keeper is itself a rollout
+    (``_back_to``): the keeper takes new sessions as fast as its capacity allows and
+    grows to carry the whole load, so that going back breaks no floor either.
+    """
     draft = Draft()
-    if keeper in fleet.versions and fleet.serving.get(keeper, 0) > 0:
-        weights = {v: 0.0 for v in fleet.active}
-        weights[keeper] = 1.0
-        set_weights(fleet, draft, weights)
+    if keeper != fleet.target and keeper in fleet.versions:
+        back = FleetView(_back_to(fleet, keeper), min_available=fleet.min_available)
+        budget = DrainBudget(back)
+        advance_new_instances(back, draft)
+        start_missing(back, draft, budget)
+        shift_weights(back, draft)
+        wind_down(back, draft, budget, keeper=None)
     else:
-        draft.waits.append(f"{keeper} has no ready instance to take new sessions")
-    wind_down(fleet, draft, DrainBudget(fleet), keeper=keeper)
+        if keeper in fleet.floors and fleet.serving.get(keeper, 0) > 0:
+            weights = {v: 0.0 for v in fleet.active}
+            weights[keeper] = 1.0
+            set_weights(fleet, draft, weights)
+        else:
+            draft.waits.append(f"{keeper} has no ready instance to take new sessions")
+        wind_down(fleet, draft, DrainBudget(fleet), keeper=keeper)
     if finish is not None:
         draft.actions.append(finish)
         return draft.to_plan(fleet)
@@ -132,6 +168,31 @@ def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None
         if occupies_slot(i)
     )
     return draft.to_plan(fleet, settled=not draft.actions and others_gone)
+
+
+def _back_to(fleet: FleetView, keeper: str) -> FleetSnapshot:
+    """The snapshot of a rollout to ``keeper`` sized for all the load, with no canary
+    steps and no analysis (and, from the caller, the availability rule of the rollout
+    it replaces)."""
+    spec = fleet.spec
+    view = fleet.versions[keeper]
+    has = sum(
+        1
+        for i in fleet.by_version.get(keeper, ())
+        if i.desired == "running" and i.table != "draining"
+    )
+    size = max(1, has, instances_needed(fleet.total_load, view.capacity, spec.headroom))
+    back = replace(
+        spec,
+        to_version=keeper,
+        instances=size,
+        strategy="side-by-side" if spec.strategy == "surge" else spec.strategy,
+        steps=(1.0,),
+        step_interval=0.0,
+        analysis=None,
+        succeed_when="live",
+    )
+    return replace(fleet.snap, rollout=back, state=RolloutState.PROGRESSING)
 
 
 def why_failed(fleet: FleetView) -> str | None:
@@ -159,8 +220,8 @@ def why_failed(fleet: FleetView) -> str | None:
 
 
 def is_complete(fleet: FleetView) -> bool:
-    """The target serves every new session on all its instances (and, in the strict
-    mode, every other version is retired and gone)."""
+    """The target serves every new session on all its instances (and, with
+    ``succeed_when="retired"``, every other version is retired and gone)."""
     target = fleet.target
     if target not in fleet.versions or fleet.weight(target) < 1.0 - EPS:
         return False
@@ -170,7 +231,7 @@ def is_complete(fleet: FleetView) -> bool:
     live = len(mine) == fleet.spec.instances and all(
         is_serving(i) and i.running_version == target for i in mine
     )
-    if not live or not fleet.spec.success_after_retirement:
+    if not live or fleet.spec.succeed_when == "live":
         return live
     leftovers = any(
         occupies_slot(i) and (i.version != target or i.desired != "running")
@@ -183,9 +244,13 @@ def _success_reason(fleet: FleetView) -> str:
     reason = f"{fleet.target} live on {plural(fleet.spec.instances, 'instance')}"
     others = fleet.old_versions()
     if others:
-        reason += "; " + ", ".join(others) + " retire when their sessions end"
-    return reason
+        return reason + "; " + ", ".join(others) + " retire when their sessions end"
+    return reason + "; every other version retired"
 
 
-def _failed(reason: str) -> FinishRollout:
-    return FinishRollout(state=RolloutState.FAILED, reason=reason)
+def _fail(snapshot: FleetSnapshot, reason: str) -> Plan:
+    """End the rollout ``failed``: the plan already settles as the ended rollout will."""
+    ended = FleetView(snapshot, ending=True)
+    return settle(
+        ended, ended.keeper(), finish=FinishRollout(state=RolloutState.FAILED, reason=reason)
+    )
