@@ -73,14 +73,26 @@ def main(argv: list[str]) -> int:
     if not args.tick > 0:
         print("skewless controller: --tick must be greater than 0", file=sys.stderr)
         return 2
+    planner = None
+    if args.planner:
+        import importlib
+
+        module, _, func = args.planner.partition(":")
+        try:
+            planner = getattr(importlib.import_module(module), func or "plan")
+        except (ImportError, AttributeError) as exc:
+            print(f"skewless controller: --planner {args.planner}: {exc}", file=sys.stderr)
+            return 2
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     store_url = args.store or f"sqlite:///{state_dir / 'controller.db'}"
+
+    import sqlite3
 
     from skewless.controller.store_sqlite import open_store
 
     try:
         store = open_store(store_url)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, sqlite3.Error) as exc:
         print(f"skewless controller: {exc}", file=sys.stderr)
         return 2
 
@@ -103,21 +115,17 @@ def main(argv: list[str]) -> int:
         return 1
     sock.listen(1024)
     bound = sock.getsockname()[1]
-    planner = None
-    if args.planner:
-        import importlib
-
-        module, _, func = args.planner.partition(":")
-        try:
-            planner = getattr(importlib.import_module(module), func or "plan")
-        except (ImportError, AttributeError) as exc:
-            print(f"skewless controller: --planner {args.planner}: {exc}", file=sys.stderr)
-            return 2
     app = create_app(store, token=token, tick=args.tick, planner=planner)
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.watch.close()  # long-polls answer 204 now instead of being cancelled
+            await super().shutdown(sockets=sockets)
+
+    server = Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"skewless controller: listening on http://{shown}:{bound} (store {store_url})", flush=True

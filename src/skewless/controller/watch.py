@@ -16,6 +16,12 @@ class Watch:
     def __init__(self) -> None:
         self._event: asyncio.Event | None = None
         self.notifications = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """Shutting down: every waiter answers now (long-polls end with 204 at once)."""
+        self.closed = True
+        self.notify()
 
     def __repr__(self) -> str:
         return f"Watch(notifications={self.notifications})"
@@ -38,6 +44,8 @@ class Watch:
         while True:
             if predicate():
                 return True
+            if self.closed:
+                return False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False

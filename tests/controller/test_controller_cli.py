@@ -1,0 +1,34 @@
+"""``skewless controller`` refuses unsafe or malformed options with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skewless.controller.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "0.0.0.0:7000"], "refusing to listen on 0.0.0.0 without a token"),
+        (["--listen", "7000"], "--listen must look like 127.0.0.1:7000"),
+        (["--store", "postgresql://db/skewless"], "PostgreSQL store is not available yet"),
+        (["--store", "mysql://x"], "--store must look like sqlite:///PATH"),
+        (["--planner", "no.such.module:plan"], "--planner no.such.module:plan"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SKEWLESS_TOKEN", raising=False)
+    assert main([*argv, "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
