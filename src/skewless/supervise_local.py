@@ -173,6 +173,45 @@ def stop_children(children: Sequence[Child], *, grace: float) -> None:
         child.wait(time.monotonic() + 5)
 
 
+def mentions(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` is alive and its command line contains ``path``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return str(path) in cmdline
+
+
+def stop_groups(pids: Sequence[int], *, grace: float) -> None:
+    """SIGTERM the process groups of ``pids`` (not our children), wait up to ``grace``
+    seconds for the leaders to go, then SIGKILL the groups."""
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    groups: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())  # never ourselves
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
 def _proc_table() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, state letter) for every process, from /proc."""
     table: dict[int, tuple[int, str]] = {}

@@ -275,3 +275,23 @@ def test_events_hosts_releases(fake: FakeController, capsys: pytest.CaptureFixtu
     assert "h1" in capsys.readouterr().out
     assert releases.main(["shop", "--api", fake.url]) == 0
     assert "app {port}" in capsys.readouterr().out
+
+
+def test_deploy_wait_on_a_terminal_shows_the_live_view(fake: FakeController) -> None:
+    import io
+
+    from rich.console import Console
+
+    from skewless.commands.client import Controller, Target
+    from skewless.commands.follow import follow_rollout
+
+    fake.on("GET", "/v1/apps/shop", scripted_rollout([("progressing", None), ("succeeded", None)]))
+    fake.on("GET", "/v1/events", events_of(fake))
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with Controller(Target(api=fake.url, token=None, source="--api")) as api:
+        code = follow_rollout(api, app="shop", version="v2", rollout_id=7, console=console)
+    assert code == 0
+    drawn = screen.getvalue()
+    assert "h1/shop/v1/0" in drawn and "127.0.0.1:9001" in drawn  # the instances table
+    assert "succeeded" in drawn

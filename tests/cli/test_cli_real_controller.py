@@ -165,3 +165,29 @@ def test_every_deploy_flag_is_accepted_by_the_controller(
     assert rollout["strategy"] == "rolling"
     assert rollout["steps"] == [0.1, 0.5, 1.0]
     assert rollout["instances"] == 4
+
+
+def test_events_follow_prints_new_events_until_interrupted(
+    api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "skewless", "events", "shop", "--follow"],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert deploy.main(["shop", "v1", "--command", "a {port}"]) == 0
+        assert follower.stdout is not None
+        line = follower.stdout.readline()  # blocks until the event arrives (or EOF)
+        assert "deploy shop v1" in line
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == 130
+        assert follower.stderr is not None
+        assert "Traceback" not in follower.stderr.read()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(follower.pid, signal.SIGKILL)
+        follower.wait(timeout=10)
+        for stream in (follower.stdout, follower.stderr):
+            if stream:
+                stream.close()

@@ -33,6 +33,8 @@ class Answer:
 class Session:
     id: int
     answers: list[Answer] = field(default_factory=list)
+    done: bool = False
+    """True once the session made all of its requests (it was not cut short by stop)."""
 
     @property
     def versions(self) -> set[str]:
@@ -81,7 +83,9 @@ class SessionLoad:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ids = itertools.count(1)
-        self._threads = [threading.Thread(target=self._user, daemon=True) for _ in range(users)]
+        self._threads = [
+            threading.Thread(target=self._user, args=(n,), daemon=True) for n in range(users)
+        ]
 
     def __enter__(self) -> SessionLoad:
         for t in self._threads:
@@ -101,13 +105,17 @@ class SessionLoad:
     def _running(self) -> bool:
         return not self._stop.is_set() and time.monotonic() < self.deadline
 
-    def _user(self) -> None:
+    def _user(self, user: int) -> None:
+        # Stagger the users and vary the sessions' lengths, so that at any moment some
+        # sessions are in the middle of their flow (a release always lands mid-session).
+        self._stop.wait(user * self.think * self.requests_per_session / self.users)
         while self._running():
             session = Session(id=next(self._ids))
+            length = self.requests_per_session + session.id % 3
             with self._lock:
                 self.sessions.append(session)
             with httpx.Client(timeout=10.0, headers=self.headers) as client:
-                for n in range(self.requests_per_session):
+                for n in range(length):
                     if not self._running():
                         break
                     sent = time.time()
@@ -131,6 +139,8 @@ class SessionLoad:
                             Answer(sent=sent, version=None, status=None, error=repr(exc))
                         )
                     self._stop.wait(self.think)
+                else:
+                    session.done = True
 
     # ---- results -------------------------------------------------------------------
 
@@ -165,6 +175,10 @@ class SessionLoad:
     def first_sent_to(self, version: str) -> float | None:
         times = [a.sent for s in self.snapshot() for a in s.answers if a.version == version]
         return min(times) if times else None
+
+    def open_sessions_on(self, version: str) -> int:
+        """Sessions that started on ``version`` and have not finished their flow."""
+        return sum(1 for s in self.snapshot() if s.first_version == version and not s.done)
 
     def versions_seen(self) -> set[str]:
         return {v for s in self.snapshot() for v in s.versions}

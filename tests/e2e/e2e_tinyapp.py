@@ -2,8 +2,8 @@
 
     python e2e_tinyapp.py --port P --version V [--start-delay S] [--mark M]
 
-``GET /healthz`` -> 200 ``ok``; any other GET -> 200 JSON ``{"version": V, "path": ...}``
-with ``X-App-Version: V``. It serves HTTP/1.1 keep-alive on threads, and on SIGTERM it
+``GET /healthz`` -> 200 ``ok``; ``GET /status/NNN`` -> NNN (to make a smoke check fail);
+any other GET -> 200 JSON ``{"version": V, "path": ...}``; always ``X-App-Version: V``. It serves HTTP/1.1 keep-alive on threads, and on SIGTERM it
 stops accepting, finishes the requests in flight and exits 0 (a well-behaved app).
 ``--start-delay`` waits before listening (a slow start, to catch a rollout mid-way);
 ``--mark`` is ignored: it tags the process so that a test can find leftovers.
@@ -33,13 +33,16 @@ def main() -> None:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
+            status = 200
+            if self.path.startswith("/status/") and self.path[8:].isdigit():
+                status = int(self.path[8:])
             if self.path == "/healthz":
                 body = b"ok"
                 kind = "text/plain"
             else:
                 body = json.dumps({"version": version, "path": self.path}).encode()
                 kind = "application/json"
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-App-Version", version)

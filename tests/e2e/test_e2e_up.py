@@ -13,9 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, free_port, wait_for
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc"),
+]
 
 
 @pytest.fixture
@@ -37,6 +40,17 @@ def test_up_runs_a_fleet_and_the_commands_drive_it(fleet: Fleet) -> None:
     for path in (fleet.home / "current.json", fleet.state / "token", fleet.state / "keys.txt"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert fleet.api in fleet.log() and fleet.http in fleet.log()
+
+    # A second `up` on the same state dir (other ports) is refused and starts nothing.
+    again = fleet.cli(
+        "up", "--hosts", "1", "--http", f"127.0.0.1:{free_port()}",
+        "--api", f"127.0.0.1:{free_port()}", "--state", str(fleet.state),
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert (
+        f"another skewless up (pid {fleet.proc.pid if fleet.proc else 0}) runs on it"
+        in again.stderr
+    )
 
     hosts = fleet.cli("hosts", "--json")
     assert hosts.returncode == 0, hosts.stderr
@@ -87,3 +101,28 @@ def test_up_restarts_a_killed_part(fleet: Fleet) -> None:
     )
     assert "router killed by SIGKILL; restarting it" in fleet.log()
     wait_for("the new router to answer", lambda: httpx.get(fleet.http, timeout=2), timeout=30)
+
+
+def test_deploy_wait_fails_with_the_reason(fleet: Fleet) -> None:
+    assert fleet.deploy("shop", "v1", "--instances", "2").returncode == 0
+    # v2's smoke check gets a 500: the rollout fails, v1 keeps serving.
+    done = fleet.deploy("shop", "v2", "--instances", "2", "--smoke", "/status/500")
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("skewless deploy: rollout of shop v2 ended failed: "), last
+    assert "smoke" in last and "500" in last, last
+    assert "Traceback" not in done.stderr
+    assert fleet.serves("v1")
+    assert json.loads(fleet.cli("status", "shop", "--json").stdout)["rollout"]["state"] == "failed"
+
+
+def test_up_after_a_killed_up_cleans_up_and_starts(fleet: Fleet) -> None:
+    assert fleet.deploy("shop", "v1", "--instances", "2").returncode == 0
+    assert fleet.proc is not None
+    os.kill(fleet.proc.pid, signal.SIGKILL)  # `up` gets no chance to stop its parts
+    fleet.proc.wait(timeout=10)
+    assert fleet.leftovers()  # its parts and instances still run, holding the ports
+    fleet.start()  # same ports, same state dir
+    assert "left running by a skewless up that died" in fleet.log()
+    # The store survived: the app is back on the new fleet.
+    wait_for("v1 to answer again", lambda: fleet.serves("v1"), timeout=60)

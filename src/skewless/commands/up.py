@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -38,9 +39,11 @@ from skewless.supervise_local import (
     check_port_free,
     free_port,
     kill_descendants,
+    mentions,
     parse_listen,
     reap_zombies,
     stop_children,
+    stop_groups,
     wait_http,
 )
 
@@ -186,18 +189,21 @@ class Fleet:
         self.hurry = False
         self.current_written = ""
         self.restart_times: list[float] = []
+        self.lock_fd: int | None = None
 
     # ---- building -------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        check_port_free(self.api_host, self.api_port, flag="--api")
-        check_port_free(self.http_host, self.http_port, flag="--http")
+    def prepare(self, say: Callable[[str], None] = lambda _line: None) -> None:
         root = self.layout.root
         try:
             root.mkdir(parents=True, exist_ok=True)
             os.chmod(root, 0o700)
         except OSError as exc:
             raise ConfigError(f"--state {root}: cannot use it ({exc.strerror})") from None
+        self.lock_state_dir()
+        self.stop_leftovers(say)
+        check_port_free(self.api_host, self.api_port, flag="--api")
+        check_port_free(self.http_host, self.http_port, flag="--http")
         if self.given_token:
             write_private(self.layout.token, self.given_token + "\n")
             self.token = self.given_token
@@ -290,6 +296,41 @@ class Fleet:
                     cwd=host_dir,
                 )
             )
+
+    def lock_state_dir(self) -> None:
+        """One ``up`` per state dir: two controllers on one SQLite store, or two sets of
+        agents on the same host dirs, would fight. The lock dies with the process."""
+        path = self.layout.root / "up.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"--state {self.layout.root}: another skewless up (pid {holder}) runs on it; "
+                "stop it or choose another --state"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def stop_leftovers(self, say: Callable[[str], None]) -> None:
+        """Stop the parts of a previous ``up`` on this state dir that was killed without
+        a chance to clean up (kill -9): they hold its ports and its store. Only processes
+        whose command line names this state dir are touched (pids get reused)."""
+        try:
+            previous = json.loads(self.layout.pids.read_text())
+        except (OSError, ValueError):
+            return
+        parts = previous.get("parts", {}) if isinstance(previous, dict) else {}
+        pids = [p.get("pid") for p in parts.values() if isinstance(p, dict)]
+        alive = [pid for pid in pids if isinstance(pid, int) and mentions(pid, self.layout.root)]
+        if alive:
+            say(f"stopping {len(alive)} part(s) left running by a skewless up that died")
+            stop_groups(alive, grace=15.0)
+        with contextlib.suppress(OSError):
+            self.layout.pids.unlink()
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -490,7 +531,7 @@ def main(argv: list[str]) -> int:
             state=args.state,
             token=args.token or os.environ.get("SKEWLESS_TOKEN") or None,
         )
-        fleet.prepare()
+        fleet.prepare(say)
         become_subreaper()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
