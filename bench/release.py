@@ -1,7 +1,7 @@
 """The demo's scenario at a larger scale: releases in a row under session-flow load.
 
     python bench/release.py [--instances 8] [--hosts 4] [--users 300] [--releases 5]
-                            [--think 2.0] [--idle-timeout 5] [--json]
+                            [--think 2.0] [--idle-timeout 10] [--json]
 
 A local fleet (``skewless up``, free ports, a temporary state dir), the sign-up wizard v1
 on ``--instances`` instances, ``--users`` simulated users, then ``--releases`` releases
@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from skewless.demo.story import DemoError, Story, StoryOptions, render
+from skewless.demo.story import DemoError, Story, StoryOptions, check_idle_timeout, render
 
 
 def _free() -> str:
@@ -42,9 +42,13 @@ def main() -> int:
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--releases", type=int, default=5)
     p.add_argument("--think", type=float, default=2.0, help="mean think time per page (s)")
-    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="session idle timeout (s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    try:
+        check_idle_timeout(args.idle_timeout, args.think)
+    except DemoError as exc:
+        p.error(str(exc))
     strategies = ("rolling", "side-by-side")
     releases = tuple((f"v{n + 2}", strategies[n % 2]) for n in range(args.releases))
     slots = max(4, -(-2 * args.instances // args.hosts))  # side-by-side doubles instances
@@ -88,34 +92,51 @@ def main() -> int:
         title=f"{len(releases)} releases, {args.instances} instances on {args.hosts} hosts, "
         f"{args.users} users"
     )
-    for col in (
+    cols = (
         "release",
         "strategy",
         "requests",
         "failed",
         "mixed",
         "duration",
-        "floor",
+        "least",
         "ratio",
-        "old retired after",
+        "old retired",
         "why",
-    ):
+        "idle before",
+        "ready/floor",
+        "+procs",
+        "+MB",
+    )
+    for col in cols:
         table.add_column(col, justify="right")
+
+    def sec(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
     for r in result.releases:
         j = r.to_json()
+        ratio = j["duration_over_floor"]
         table.add_row(
-            f"{j['old_version']} -> {j['version']}",
+            f"{j['old_version']}->{j['version']}",
             j["strategy"],
             str(j["requests"]),
             str(j["failed_requests"]),
             str(j["mixed_sessions"]),
-            f"{j['duration']:.1f} s",
-            "-" if j["duration_floor"] is None else f"{j['duration_floor']:.1f} s",
-            "-" if j["duration_over_floor"] is None else f"{j['duration_over_floor']:.1f}x",
-            "-" if j["old_retired_after"] is None else f"{j['old_retired_after']:.1f} s",
+            sec(j["duration"]),
+            sec(j["duration_floor"]),
+            "-" if ratio is None else f"{ratio:.1f}x",
+            sec(j["old_retired_after"]),
             j["retire_reason"] or "-",
+            sec(j["old_idle_before_retire"]),
+            f"{j['min_ready_instances']}/{j['floor']}",
+            str(j["peak_extra_processes"]),
+            f"{j['peak_extra_memory_mb']:.0f}",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
     return 0 if result.ok else 1
 
 

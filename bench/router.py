@@ -78,7 +78,7 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 @contextlib.contextmanager
 def process(
     cmd: list[str], cores: str, port: int, env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[int]:
     proc = subprocess.Popen(
         ["taskset", "-c", cores, *cmd],
         stdout=subprocess.DEVNULL,
@@ -88,7 +88,7 @@ def process(
     )
     try:
         wait_port(port)
-        yield
+        yield proc.pid  # = its process group: workers and children included
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -221,6 +221,23 @@ def pin_cookie() -> str:
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by every process of a process group."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[2]) == pgid:
+            total += int(rest[11]) + int(rest[12])
+    return total / TICK
 
 
 def wrk(port: int, conns: int, duration: float, cookie: str) -> dict[str, float]:
@@ -248,6 +265,7 @@ def wrk(port: int, conns: int, duration: float, cookie: str) -> dict[str, float]
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         lat[pct] = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": rps,
@@ -255,6 +273,7 @@ def wrk(port: int, conns: int, duration: float, cookie: str) -> dict[str, float]
         "p99": lat["99"],
         "non2xx": float(bad.group(1)) if bad else 0.0,
         "sockerr": 1.0 if errors else 0.0,
+        "requests": float(total.group(1)) if total else 0.0,
     }
 
 
@@ -298,33 +317,39 @@ def main() -> int:
                     cmd = nginx_proxy(tmp, port, origin_port)
                 else:
                     cmd, env = skewless(tmp, port, origin_port, 2 if "workers" in name else 1)
-                with process(cmd, cores, port, env):
+                with process(cmd, cores, port, env) as pgid:
                     if name.startswith("skewless"):
                         check_skewless(port, cookie)
                     wrk(port, conns[0], 1.0, cookie)  # warm up
                     for c in conns:
-                        results[(name, c)] = wrk(port, c, args.duration, cookie)
+                        before = group_cpu(pgid)
+                        r = results[(name, c)] = wrk(port, c, args.duration, cookie)
+                        used = group_cpu(pgid) - before
+                        r["cpu_us"] = used / r["requests"] * 1e6 if r["requests"] else 0.0
                         print(
                             f"  {name:22} {c:4} conns: {results[(name, c)]['rps']:9.0f} req/s",
                             file=sys.stderr,
                         )
     print()
     print(
-        "| proxy (cores) | conns | req/s | vs HAProxy | p50 ms | vs HAProxy | p99 ms | vs HAProxy | non-2xx |"
+        "| proxy (cores) | conns | req/s | vs HAProxy | p50 ms | vs HAProxy | p99 ms "
+        "| vs HAProxy | CPU us/req | vs HAProxy | non-2xx |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, c), r in results.items():
         base = results[("haproxy", c)]
         label = name + (" (2 cores, shared with wrk)" if "workers" in name else " (1 core)")
         print(
             f"| {label} | {c} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['p50']:.2f} | "
             f"{r['p50'] / base['p50']:.2f} | {r['p99']:.2f} | {r['p99'] / base['p99']:.2f} | "
-            f"{r['non2xx']:.0f} |"
+            f"{r['cpu_us']:.1f} | {r['cpu_us'] / base['cpu_us']:.2f} | {r['non2xx']:.0f} |"
         )
     print()
     print(
         f"wrk -t1 --latency, {args.duration:g} s per cell, every request with a valid pin cookie; "
-        f"origin and wrk on core {ORIGIN_CORE}, proxies on core {PROXY_CORE}."
+        f"origin and wrk on core {ORIGIN_CORE}, proxies on core {PROXY_CORE}. CPU us/req: user +"
+        " system time of the proxy's processes per request answered (robust to other load on"
+        " the machine, unlike req/s)."
     )
     return 0
 

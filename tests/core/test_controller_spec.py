@@ -61,6 +61,6 @@ def test_bad_specs_name_the_field(patch: dict[str, object], message: str) -> Non
 
 
 def test_release_json_round_trips() -> None:
-    release, _ = parse_deploy({**BASE, "smoke": ["/signup"], "env": {"A": "1"}})
+    release, _ = parse_deploy({**BASE, "smoke": [{"path": "/signup"}], "env": {"A": "1"}})
     again, _ = parse_deploy(release.to_json())
     assert again == release

@@ -152,3 +152,26 @@ def test_run_load_refuses_remote_targets_unless_allowed() -> None:
     loadtest.check_config(
         LoadConfig(url="http://10.0.0.1/", users=1, duration=1, allow_remote=True)
     )
+
+
+def test_rate_caps_requests_and_the_table_names_every_figure(
+    wizard: Wizard, capsys: pytest.CaptureFixture[str]
+) -> None:
+    addr = wizard("v1")
+    code = loadtest.main(
+        [f"http://{addr}/", "--users", "4", "--duration", "1.5", "--rate", "10", "--think", "0"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    requests = int(next(line for line in out.splitlines() if "│ requests" in line).split()[-2])
+    # Request starts are spaced 1/rate apart: at most rate x duration, + 1 per user whose
+    # slot came up as the run ended.
+    assert 0 < requests <= 10 * 1.5 + 1 + 4
+    for figure in (
+        "sessions started",
+        "mixed-version sessions",
+        "failed requests",
+        "latency p50 / p99",
+        "versions seen over time",
+    ):
+        assert figure in out

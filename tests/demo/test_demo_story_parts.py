@@ -114,8 +114,11 @@ def test_options_name_the_bad_flag() -> None:
         story.options_from_args(_args(users=0))
     with pytest.raises(story.DemoError, match="--hosts must be at least 2"):
         story.options_from_args(_args(hosts=1))
-    with pytest.raises(story.DemoError, match="--idle-timeout must be at least 3"):
-        story.options_from_args(_args(idle_timeout=2))
+    with pytest.raises(story.DemoError, match="--idle-timeout must be at least 3 "):
+        story.options_from_args(_args(idle_timeout=2, think=0.1))
+    with pytest.raises(story.DemoError, match=r"--idle-timeout must be at least 5\.5 .* --think 2"):
+        story.options_from_args(_args(idle_timeout=5, think=2.0))
+    assert story.options_from_args(_args(idle_timeout=5.5, think=2.0)).idle_timeout == 5.5
 
 
 def test_result_is_ok_only_with_zero_failures_and_mixed_sessions() -> None:

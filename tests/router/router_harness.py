@@ -7,6 +7,7 @@ Backend paths:
   /hang             never answers
   /big?n=N          N bytes, chunked
   /close-mid        promises 1000 bytes, sends 10, closes
+  /close-delimited  no length, no chunks: the body ends when the connection does
   /ws               101 then echoes raw bytes
   /upload           counts and hashes the body, answers {"len", "sha256"}
   anything else     JSON echo: name, method, path, headers
@@ -87,6 +88,8 @@ class _BackendConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.backend.heads.append((self.parser.get_method().decode(), self.url.decode()))
+        if any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in self.headers):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
@@ -118,6 +121,11 @@ class _BackendConn(asyncio.Protocol):
                 self.transport.write(b"%x\r\n%s\r\n" % (len(part), part))
                 left -= len(part)
             self.transport.write(b"0\r\n\r\n")
+        elif route == "/close-delimited":
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
+            )
+            self.transport.close()
         elif route == "/close-mid":
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
             self.transport.close()
@@ -381,40 +389,43 @@ def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def _read_response(s: socket.socket, buf: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
-    while b"\r\n\r\n" not in buf:
+    data = bytearray(buf)
+    while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
         if not chunk:
-            raise ConnectionError(f"closed before a response head: {buf!r}")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+            raise ConnectionError(f"closed before a response head: {bytes(data)!r}")
+        data += chunk
+    end = data.index(b"\r\n\r\n")
+    lines = bytes(data[:end]).decode("latin-1").split("\r\n")
+    pos = end + 4
     status = int(lines[0].split()[1])
     headers: dict[str, str] = {}
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
-    if "content-length" in headers:
-        n = int(headers["content-length"])
-        while len(rest) < n:
-            chunk = s.recv(65536)
+
+    def need(n: int) -> None:
+        while len(data) < n:
+            chunk = s.recv(1 << 20)
             if not chunk:
                 raise ConnectionError("closed mid-body")
-            rest += chunk
-        return status, headers, rest[:n], rest[n:]
+            data.extend(chunk)
+
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        need(pos + n)
+        return status, headers, bytes(data[pos : pos + n]), bytes(data[pos + n :])
     if headers.get("transfer-encoding") == "chunked":
-        body = b""
+        body = bytearray()
         while True:
-            while b"\r\n" not in rest:
-                rest += s.recv(65536)
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            while len(rest) < size + 2:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed mid-chunk")
-                rest += chunk
-            body += rest[:size]
-            rest = rest[size + 2 :]
+            while data.find(b"\r\n", pos) < 0:
+                need(len(data) + 1)
+            eol = data.index(b"\r\n", pos)
+            size = int(bytes(data[pos:eol]), 16)
+            pos = eol + 2
+            need(pos + size + 2)
+            body += data[pos : pos + size]
+            pos += size + 2
             if size == 0:
-                return status, headers, body, rest
-    return status, headers, rest, b""
+                return status, headers, bytes(body), bytes(data[pos:])
+    return status, headers, bytes(data[pos:]), b""

@@ -255,6 +255,16 @@ def test_workers_share_the_port_and_all_see_reloads(
     wait_for(lambda: sum("generation 2 in force" in x for x in r.lines) == 2, what="both reload")
     for _ in range(20):
         assert httpx.get(f"{r.url}/").json()["name"] == "v2"
+    # a worker that dies is started again; the port keeps answering meanwhile
+    kids = Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children")
+    os.kill(int(children[0]), signal.SIGKILL)
+    wait_for(
+        lambda: len(kids.read_text().split()) == 2 and children[0] not in kids.read_text().split(),
+        what="worker restarted",
+    )
+    assert any("starting it again" in x for x in r.lines)
+    for _ in range(20):  # the new worker serves the table in force, not the first one
+        assert httpx.get(f"{r.url}/").json()["name"] == "v2"
 
 
 def test_sigterm_drains_in_flight_and_exits_zero(backend_factory: Any, router_factory: Any) -> None:
@@ -388,3 +398,30 @@ def test_controller_mode_watches_reports_and_serves_the_cache_when_down(
         None, "--controller", f"http://127.0.0.1:{closed_port()}", "--cache", str(cache)
     )
     assert r2.generation() == 6 and httpx.get(f"{r2.url}/").json()["name"] == "v2"
+
+
+def test_tunnel_to_a_draining_then_removed_instance_lives_on(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    a, b = backend_factory("a"), backend_factory("b")
+    r = router_factory(table([version("v1", 1.0, [instance("a", a.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        assert buf.startswith(b"HTTP/1.1 101")
+        for gen, a_state in ((2, "draining"), (3, None)):
+            insts = [instance("b", b.address)]
+            if a_state:
+                insts.insert(0, instance("a", a.address, a_state))
+            r.write_routes(table([version("v1", 1.0, insts)], generation=gen))
+            wait_for(lambda g=gen: r.generation() == g, what=f"generation {gen}")
+            s.sendall(b"still here %d" % gen)
+            got = b""
+            while len(got) < len(b"still here 2"):
+                got += s.recv(4096)
+            assert got == b"still here %d" % gen
+    assert httpx.get(f"{r.url}/").json()["name"] == "b"

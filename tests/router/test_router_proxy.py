@@ -53,6 +53,12 @@ def test_pinned_session_stays_on_its_version_and_new_sessions_split(
     assert seen_first == {"v1", "v2"}
 
 
+def test_secure_cookies_flag(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]), "--secure-cookies")
+    assert "; Secure" in httpx.get(f"{r.url}/").headers["set-cookie"]
+
+
 def test_header_form_pin_round_trips_and_never_sets_cookie(
     backend_factory: Any, router_factory: Any
 ) -> None:
@@ -196,6 +202,7 @@ def test_forwarding_headers_and_hop_by_hop(backend_factory: Any, router_factory:
         f"{r.url}/h",
         headers={
             "X-Forwarded-For": "10.0.0.1",
+            "X-Forwarded-Proto": "https",
             "Connection": "keep-alive, X-Secret",
             "X-Secret": "drop me",
             "Keep-Alive": "timeout=5",
@@ -204,7 +211,9 @@ def test_forwarding_headers_and_hop_by_hop(backend_factory: Any, router_factory:
             "X-Kept": "yes",
         },
     )
-    headers = {k.lower(): v for k, v in resp.json()["headers"]}
+    pairs = [(k.lower(), v) for k, v in resp.json()["headers"]]
+    assert [v for k, v in pairs if k == "x-forwarded-proto"] == ["http"]  # ours, only
+    headers = dict(pairs)
     assert headers["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     assert headers["forwarded"].startswith('for="127.0.0.1";proto=http')
@@ -433,3 +442,83 @@ def test_least_outstanding_spreads_concurrent_work(
     n1 = len([q for q in b1.app_requests() if q["path"].startswith("/slow")])
     n2 = len([q for q in b2.app_requests() if q["path"].startswith("/slow")])
     assert n1 + n2 == 8 and min(n1, n2) >= 2
+
+
+def test_slow_reader_is_not_an_upstream_timeout(backend_factory: Any, router_factory: Any) -> None:
+    """A client that reads slowly holds the instance back: that is no 504 and no cut."""
+    b = backend_factory("v1")
+    r = router_factory(
+        table([version("v1", 1.0, [instance("i0", b.address)])]), "--upstream-timeout", "0.5"
+    )
+    n = 48 * 1024 * 1024  # more than the socket buffers hold: backpressure engages
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+        s.sendall(f"GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(1.5)  # a client busy elsewhere: the router must wait, not time out
+        status, _, body = read_response(s)
+    assert status == 200 and len(body) == n
+
+
+def test_close_delimited_response_is_rechunked_for_http11_and_closed_for_http10(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(b"GET /close-delimited HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s)
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        assert body == b"until the end"
+        s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # the client connection lives on
+        assert json.loads(read_response(s)[2])["path"] == "/next"
+    out = raw_exchange(r.port, b"GET /close-delimited HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
+    assert out.endswith(b"\r\n\r\nuntil the end")
+
+
+def test_http10_keep_alive(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        for i in range(3):
+            s.sendall(f"GET /o{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+            status, headers, body = read_response(s)
+            assert status == 200
+            assert headers["connection"] == "keep-alive" and json.loads(body)["path"] == f"/o{i}"
+
+
+def test_expect_100_continue_is_relayed(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += s.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body byte was sent
+        s.sendall(b"hello")
+        status, _, body = read_response(s)
+        assert status == 200 and json.loads(body)["len"] == 5
+
+
+def test_503_with_an_unread_body_closes_instead_of_hanging(router_factory: Any) -> None:
+    r = router_factory(table([version("v1", 1.0, [])]))
+    out = raw_exchange(
+        r.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000
+    )
+    assert out.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in out
+    assert b"Connection: close" in out
+
+
+def test_junk_pin_header_does_not_discard_a_valid_cookie(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b1, b2 = backend_factory("v1"), backend_factory("v2")
+    r = router_factory(two_versions(b1, b2))
+    with httpx.Client(base_url=r.url) as c:
+        v = c.get("/").headers["skewless-version"]
+        for _ in range(8):
+            resp = c.get("/", headers={"Skewless-Pin": "junk"})
+            assert resp.json()["name"] == v
+            assert resp.headers["skewless-pin"].startswith("s1.")

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,35 +36,83 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 # ---- request bodies (OpenAPI); deep validation is skewless.core.spec ---------------------
 
 
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+URL_PATH = r"^/[!-~]{0,2047}$"
+PERCENT = r"^(100|[1-9]?[0-9])%$"
+Seconds = Annotated[float, Field(gt=0, le=1e9)]
+Count = Annotated[int, Field(ge=0, le=1000)] | Annotated[str, Field(pattern=PERCENT)]
+
+
 class SessionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    idle_timeout: float | None = None
-    max_lifetime: float | None = None
+    idle_timeout: Seconds | None = None
+    max_lifetime: Seconds | None = None
+    """At least ``idle_timeout``."""
     pin: bool | None = None
 
 
+class HealthBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field("/healthz", pattern=URL_PATH)
+    status: int = Field(200, ge=100, le=599)
+    timeout: Seconds | None = None
+    interval: Seconds | None = None
+
+
+class SmokeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(pattern=URL_PATH)
+    status: int = Field(200, ge=100, le=599)
+
+
+class AnalysisBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_requests: int | None = Field(None, ge=1, le=10**9)
+    max_error_rate_increase: float | None = Field(None, ge=0, le=1e9)
+    max_error_rate: float | None = Field(None, ge=0, le=1e9)
+    max_p99_ratio: float | None = Field(None, ge=0, le=1e9)
+    p99_slack_ms: float | None = Field(None, ge=0, le=1e9)
+
+
 class DeployBody(BaseModel):
-    """Release spec and rollout options (issue 4's ``skewless deploy`` flags)."""
+    """Release spec and rollout options (issue 4's ``skewless deploy`` flags).
+
+    The schema holds the per-field rules; the few that span fields (``steps`` increase,
+    ``max_lifetime >= idle_timeout``) are checked by ``skewless.core.spec`` (400).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    version: str
-    command: list[str]
-    env: dict[str, str] | None = None
-    health: dict[str, Any] | None = None
-    smoke: list[Any] | None = None
-    drain_timeout: float | None = None
-    capacity: float | None = None
-    instances: int | None = None
-    strategy: str | None = None
-    batch: int | str | None = None
-    max_unavailable: int | str | None = None
-    max_surge: int | str | None = None
-    steps: list[float | str] | None = None
-    headroom: float | None = None
-    progress_deadline: float | None = None
+    version: str = Field(pattern=NAME)
+    command: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        json_schema_extra={"contains": {"type": "string", "pattern": "\\{port\\}"}},
+        description='argv; one argument contains "{port}"',
+    )
+    env: dict[Annotated[str, Field(min_length=1)], str] | None = None
+    health: HealthBody | None = None
+    smoke: list[SmokeBody] | None = None
+    drain_timeout: float | None = Field(None, ge=0, le=1e9)
+    capacity: Seconds | None = None
+    instances: int | None = Field(None, ge=1, le=1000)
+    strategy: Literal["rolling", "side-by-side", "surge"] | None = None
+    batch: Annotated[int, Field(ge=1, le=1000)] | Annotated[str, Field(pattern=PERCENT)] | None = (
+        None
+    )
+    max_unavailable: Count | None = None
+    max_surge: Count | None = None
+    steps: (
+        list[Annotated[float, Field(gt=0, le=1)] | Annotated[str, Field(pattern=PERCENT)]] | None
+    ) = Field(None, min_length=1, description="increasing shares of new sessions")
+    headroom: float | None = Field(None, ge=1, le=1e9)
+    progress_deadline: Seconds | None = None
     session: SessionBody | None = None
-    step_interval: float | None = None
-    analysis: bool | dict[str, float] | None = None
+    step_interval: float | None = Field(None, ge=0, le=1e9)
+    analysis: bool | AnalysisBody | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    """What is wrong, naming the field and the fix."""
 
 
 class RollbackBody(BaseModel):
@@ -74,7 +122,7 @@ class RollbackBody(BaseModel):
 
 
 class RouterVersionReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     version: str
     requests: int = 0
     errors_5xx: int = 0
@@ -86,20 +134,20 @@ class RouterVersionReport(BaseModel):
 
 
 class RouterAppReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     app: str
     versions: list[RouterVersionReport] = []
 
 
 class RouterInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     id: str
     inflight: int = 0
     healthy: bool | None = None
 
 
 class RouterReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     router_id: str | None = None
     generation: int = Field(ge=0)
     time: float | None = None
@@ -108,7 +156,7 @@ class RouterReport(BaseModel):
 
 
 class HealthReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     ok: bool | None = None
     status: int | None = None
     at: float | None = None
@@ -116,7 +164,7 @@ class HealthReport(BaseModel):
 
 
 class AgentInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     id: str
     app: str | None = None
     version: str | None = None
@@ -129,7 +177,7 @@ class AgentInstanceReport(BaseModel):
 
 
 class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     host_id: str | None = None
     slots: int = Field(default=1, ge=0, le=100000)
     generation: int = Field(default=0, ge=0)
@@ -137,6 +185,49 @@ class AgentReport(BaseModel):
 
 
 # ---- app ---------------------------------------------------------------------------------
+
+
+LONG_POLLS = ("/v1/routes", "/v1/hosts/{host_id}/desired")
+
+
+def _document_errors(app: FastAPI) -> None:
+    """OpenAPI: every error is ``ErrorBody`` with a 4xx status; long-polls may answer 204.
+
+    FastAPI documents its own 422 shape, but this API answers every invalid request with
+    400 ``{"error": ...}``; the schema says so.
+    """
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ErrorBody, DeployBody):
+            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(doc.pop("$defs", {}))
+            components[model.__name__] = doc
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        for path, operations in schema["paths"].items():
+            for method, op in operations.items():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                if not path.startswith("/v1/"):
+                    continue
+                errors = {"400": "invalid request", "401": "missing or wrong token"}
+                if "{app}" in path:
+                    errors["404"] = "unknown app"
+                    if method == "post":
+                        errors["409"] = "conflicts with the app's state"
+                for code, text in errors.items():
+                    responses.setdefault(code, {"description": text, "content": ref})
+                if path in LONG_POLLS:
+                    responses["204"] = {"description": "no change within `wait` seconds"}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -210,15 +301,22 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        where = tuple(first.get("loc", ()))
+        loc = ".".join(str(p) for p in where if p not in ("body", "query", "path"))
         msg = first.get("msg", "invalid request")
+        if where == ("path", "app"):
+            msg = "must be 1-63 characters of letters, digits, '.', '_' or '-' starting with a letter or digit"
+            return JSONResponse({"error": f"app {msg}"}, status_code=400)
         return JSONResponse({"error": f"{loc or 'request'}: {msg}"}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    AppName = Path(pattern=NAME, description="app name")
 
     def _wait(wait: float | None) -> float:
         return DEFAULT_WAIT if wait is None else min(max(wait, 0.0), MAX_WAIT)
@@ -293,9 +391,26 @@ def create_app(
         engine.wake()
         return JSONResponse(result, status_code=status)
 
-    @v1.post("/apps/{app}/deploy", status_code=201, summary="Release a version of an app")
-    async def post_deploy(body: DeployBody, app: str = Path()) -> JSONResponse:
-        raw = body.model_dump(exclude_none=True)
+    @v1.post(
+        "/apps/{app}/deploy",
+        status_code=201,
+        summary="Release a version of an app",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DeployBody"}}
+                },
+            }
+        },
+    )
+    async def post_deploy(request: Request, app: str = AppName) -> JSONResponse:
+        # The body is validated by skewless.core.spec (messages that name the field and
+        # the fix); DeployBody only documents it.
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise ApiError(400, "deploy body must be a JSON object") from None
         return _done(ops.deploy(store, app, raw, clock()), 201)
 
     @v1.get("/apps", summary="List apps")
@@ -303,29 +418,29 @@ def create_app(
         return JSONResponse(ops.list_apps(store))
 
     @v1.get("/apps/{app}", summary="An app's status (skewless status APP --json)")
-    async def get_app(app: str) -> JSONResponse:
+    async def get_app(app: str = AppName) -> JSONResponse:
         return JSONResponse(ops.app_status(store, app, clock()))
 
     @v1.get("/apps/{app}/releases", summary="An app's releases")
-    async def get_releases(app: str) -> JSONResponse:
+    async def get_releases(app: str = AppName) -> JSONResponse:
         return JSONResponse(ops.list_releases(store, app))
 
     @v1.post("/apps/{app}/pause", summary="Pause the app's rollout")
-    async def post_pause(app: str) -> JSONResponse:
+    async def post_pause(app: str = AppName) -> JSONResponse:
         return _done(ops.pause(store, app, clock()))
 
     @v1.post("/apps/{app}/resume", summary="Resume the app's rollout")
-    async def post_resume(app: str) -> JSONResponse:
+    async def post_resume(app: str = AppName) -> JSONResponse:
         return _done(ops.resume(store, app, clock()))
 
     @v1.post(
         "/apps/{app}/abort", summary="Abort: stop where it stands, new sessions to the old version"
     )
-    async def post_abort(app: str) -> JSONResponse:
+    async def post_abort(app: str = AppName) -> JSONResponse:
         return _done(ops.abort(store, app, clock()))
 
     @v1.post("/apps/{app}/rollback", summary="Roll back to the previous release (same strategy)")
-    async def post_rollback(app: str, body: RollbackBody | None = None) -> JSONResponse:
+    async def post_rollback(body: RollbackBody | None = None, app: str = AppName) -> JSONResponse:
         raw = body.model_dump() if body is not None else {}
         return _done(ops.rollback(store, app, raw, clock()), 201)
 
@@ -350,6 +465,7 @@ def create_app(
         return JSONResponse(ops.list_hosts(store, clock()))
 
     app.include_router(v1)
+    _document_errors(app)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:

@@ -44,6 +44,7 @@ REQUEST_SPECIAL = frozenset(
         b"connection",
         b"upgrade",
         b"x-forwarded-for",
+        b"x-forwarded-proto",
         b"forwarded",
         b"keep-alive",
         b"proxy-connection",
@@ -178,7 +179,8 @@ def parse_request_head(
             xff = value if xff is None else xff + b", " + value
         elif low == b"forwarded":
             fwd = value if fwd is None else fwd + b", " + value
-        # the rest of REQUEST_SPECIAL is hop-by-hop: dropped
+        # the rest of REQUEST_SPECIAL is dropped: hop-by-hop, or X-Forwarded-Proto, which
+        # the router sets itself (it is where the client's protocol is known)
     if host is None:
         if http_version == "1.1":
             raise BadRequest("missing Host header")

@@ -22,6 +22,11 @@ from skewless.core.model import STRATEGIES, Strategy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 """App names and versions: they appear in instance ids (``h1/shop/v2/0``) and cookies."""
+URL_PATH_RE = re.compile(r"^/[!-~]{0,2047}$")
+PERCENT_RE = re.compile(r"^(100|[1-9]?[0-9])%$")
+"""A share of instances, ``0%`` to ``100%``."""
+STEP_PERCENT_RE = re.compile(r"^(100|[1-9][0-9]?)%$")
+"""A canary step as a percentage, ``1%`` to ``100%``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,7 +219,7 @@ def parse_release(body: Mapping[str, Any]) -> ReleaseSpec:
         isinstance(k, str) and k and isinstance(v, str) for k, v in env.items()
     ):
         raise ConfigError("release.env must be an object of string names to string values")
-    if not any("{port}" in a for a in command) and not any("{port}" in v for v in env.values()):
+    if not any("{port}" in a for a in command):
         raise ConfigError(
             'release.command must contain "{port}" (the agent replaces it with the instance port)'
         )
@@ -318,8 +323,6 @@ def _smoke(raw: object) -> tuple[SmokeCheck, ...]:
     checks = []
     for i, item in enumerate(raw):
         where = f"release.smoke[{i}]"
-        if isinstance(item, str):
-            item = {"path": item}
         if not isinstance(item, Mapping):
             raise ConfigError(f'{where} must be an object like {{"path": "/", "status": 200}}')
         _no_unknown(where, item, {"path", "status"})
@@ -342,7 +345,9 @@ def _session(raw: object) -> SessionSpec:
     )
     if life < idle:
         raise ConfigError("session.max_lifetime must be at least session.idle_timeout")
-    pin = raw.get("pin", True)
+    pin = raw.get("pin")
+    if pin is None:
+        pin = True
     if not isinstance(pin, bool):
         raise ConfigError("session.pin must be true or false")
     return SessionSpec(idle_timeout=idle, max_lifetime=life, pin=pin)
@@ -357,8 +362,8 @@ def _no_unknown(where: str, raw: Mapping[str, Any], known: set[str]) -> None:
 def _path(what: str, value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f'{what} must start with "/"')
-    if any(c.isspace() or not c.isprintable() for c in value) or len(value) > 2048:
-        raise ConfigError(f"{what} must be a URL path without spaces")
+    if not URL_PATH_RE.match(value):
+        raise ConfigError(f"{what} must be a URL path of printable ASCII without spaces")
     return value
 
 
@@ -394,12 +399,11 @@ def _count_spec(what: str, value: object, *, lo: int = 0) -> int | str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        m = re.fullmatch(r"(\d{1,3})%", value.strip())
-        if not m or not 0 <= int(m.group(1)) <= 100:
+        if not PERCENT_RE.match(value):
             raise ConfigError(
                 f'{what} must be an integer or a percentage like "25%" (got {value!r})'
             )
-        return f"{int(m.group(1))}%"
+        return value
     return _int(what, value, lo=lo, hi=1000)
 
 
@@ -411,17 +415,15 @@ def _count(what: str, value: int | str, instances: int) -> int:
 
 
 def _pct_or_fraction(what: str, value: object) -> float:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            f = float(value.strip()[:-1]) / 100.0
-        except ValueError:
-            raise ConfigError(f"{what} items must be fractions in (0, 1] or percentages") from None
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        f = float(value)
-    else:
+    if isinstance(value, str):
+        if not STEP_PERCENT_RE.match(value):
+            raise ConfigError(f'{what} items must be fractions in (0, 1] or percentages like "10%"')
+        return int(value[:-1]) / 100.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(
             f"{what} items must be fractions in (0, 1] or percentages (got {value!r})"
         )
+    f = float(value)
     if not math.isfinite(f) or not 0.0 < f <= 1.0:
         raise ConfigError(f"{what} items must be in (0, 1] (got {value!r})")
     return f

@@ -587,12 +587,12 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("duration", "duration"),
     ("old version retired after", "old_retired_after"),
     ("  why", "retire_reason"),
-    ("  its last request before that", "old_idle_before_retire"),
+    ("  idle before that", "old_idle_before_retire"),
     ("min ready instances / floor", "min_ready_instances"),
     ("extra hosts used", "extra_hosts"),
     ("peak extra processes", "peak_extra_processes"),
     ("peak extra memory", "peak_extra_memory_mb"),
-    ("least possible duration (batches)", "duration_floor"),
+    ("least possible duration", "duration_floor"),
     ("duration / least possible", "duration_over_floor"),
 )
 
@@ -687,6 +687,23 @@ def _free_or(host: str, port: int) -> str:
         return f"{host}:{sock.getsockname()[1]}"
 
 
+def check_idle_timeout(idle_timeout: float, think: float) -> None:
+    """The session idle timeout must leave room for the longest pause between two pages.
+
+    A user pauses up to 1.5 x ``think``; the router's pin cookie carries a whole-second
+    Max-Age (at most the idle timeout, often a second less) and Python's cookie jar
+    rounds the clock down, so a pin can vanish up to two seconds before the idle
+    timeout: a pause that long would start a new session on whatever version is current,
+    which the load generator would rightly count as a mixed session.
+    """
+    least = max(3.0, 1.5 * think + 2.5)
+    if idle_timeout < least:
+        raise DemoError(
+            f"--idle-timeout must be at least {least:g} seconds with --think {think:g} "
+            f"(got {idle_timeout:g}): pins expire in whole seconds"
+        )
+
+
 def options_from_args(args: argparse.Namespace) -> StoryOptions:
     for flag, value, low in (
         ("--users", args.users, 1),
@@ -696,10 +713,7 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
             raise DemoError(f"{flag} must be at least {low} (got {value})")
     if args.think < 0 or args.release_timeout <= 0:
         raise DemoError("--think must be >= 0 and --release-timeout > 0")
-    if args.idle_timeout < 3:
-        # The pin cookie's Max-Age counts whole seconds (and clients round too): below a
-        # few seconds a pin can expire between two pages of one sign-up.
-        raise DemoError(f"--idle-timeout must be at least 3 seconds (got {args.idle_timeout:g})")
+    check_idle_timeout(args.idle_timeout, args.think)
     return StoryOptions(
         hosts=args.hosts,
         instances=args.hosts,

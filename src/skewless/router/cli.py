@@ -35,24 +35,33 @@ log = logging.getLogger("skewless.router")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="skewless router", description="Run the HTTP router.")
-    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
+    p.add_argument(
+        "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default %(default)s"
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--routes", type=Path, help="route table file (reloaded on SIGHUP/change)")
-    src.add_argument("--controller", help="controller URL to watch for route tables")
-    p.add_argument("--keys", type=Path, help="signing keys file, KEY_ID:SECRET a line")
-    p.add_argument("--admin", help="admin HOST:PORT (/healthz, /metrics, /v1/state)")
-    p.add_argument("--token", help="admin and controller token (default: $SKEWLESS_TOKEN)")
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    src.add_argument(
+        "--routes", type=Path, metavar="FILE", help="route table (reloaded on SIGHUP and change)"
+    )
+    src.add_argument("--controller", metavar="URL", help="watch the controller's route table")
+    p.add_argument("--keys", type=Path, metavar="FILE", help="pin keys, KEY_ID:SECRET a line")
+    p.add_argument("--admin", metavar="HOST:PORT", help="/healthz, /metrics, /v1/state")
+    p.add_argument("--token", help="admin and controller token (default $SKEWLESS_TOKEN)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="processes on the port")
     p.add_argument("--id", default=None, help="router id in reports (default: hostname)")
-    p.add_argument("--cache", type=Path, help="route table cache (controller mode)")
-    p.add_argument("--report-interval", type=float, default=5.0, help="seconds (default 5)")
-    p.add_argument("--header-timeout", type=float, default=10.0, help="408 after (s)")
-    p.add_argument("--keepalive-timeout", type=float, default=75.0)
-    p.add_argument("--upstream-timeout", type=float, default=60.0, help="504 after (s)")
-    p.add_argument("--connect-timeout", type=float, default=2.0)
-    p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--max-header-size", type=int, default=32 * 1024, help="431 above (bytes)")
-    p.add_argument("--watch-interval", type=float, default=1.0, help="file change poll (s)")
+    p.add_argument("--cache", type=Path, metavar="FILE", help="last table (controller mode)")
+    p.add_argument("--report-interval", type=float, default=5.0, metavar="S", help="default 5")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="then 408")
+    p.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="S")
+    p.add_argument("--upstream-timeout", type=float, default=60.0, metavar="S", help="then 504")
+    p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--max-header-size", type=int, default=32 * 1024, metavar="B", help="then 431")
+    p.add_argument("--watch-interval", type=float, default=1.0, metavar="S", help="file polling")
+    p.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark pin cookies Secure (clients reach the router through TLS)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -192,7 +201,7 @@ def supervise(
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
-    def spawn(index: int) -> None:
+    def spawn(index: int, restart: bool = False) -> None:
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -206,7 +215,15 @@ def supervise(
                 mine = admin_sock if index == 0 else None
                 if admin_sock is not None and index != 0:
                     admin_sock.close()
-                code = run_worker(args, index, keys, table, sock, mine)
+                current_keys, current_table = keys, table
+                if restart:  # the files may have changed since the parent read them
+                    try:
+                        current_keys, current_table = initial_state(args)
+                    except UserError as error:
+                        log.error(
+                            "worker %d: %s; using the configuration read at start", index, error
+                        )
+                code = run_worker(args, index, current_keys, current_table, sock, mine)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -227,6 +244,7 @@ def supervise(
     for index in range(args.workers):
         spawn(index)
     worst = 0
+    deaths: list[float] = []
     while children:
         try:
             pid, status = os.wait()
@@ -239,9 +257,17 @@ def supervise(
             continue
         code = os.waitstatus_to_exitcode(status)
         if not stopping:
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < 60] + [now]
+            if len(deaths) > 5:
+                log.error("workers keep dying (%d in a minute): stopping the router", len(deaths))
+                stopping = True
+                worst = 1
+                forward(signal.SIGTERM, None)
+                continue
             log.error("worker %d exited (%d); starting it again", index, code)
             time.sleep(0.5)
-            spawn(index)
+            spawn(index, restart=True)
         else:
             worst = max(worst, code if code > 0 else 0)
     placeholder.close()

@@ -126,6 +126,9 @@ class ControllerLink:
                     )
                     await asyncio.sleep(1.0)
                     continue
+                if table.generation == self.known:  # nothing new: do not spin on it
+                    await asyncio.sleep(1.0)
+                    continue
                 self.known = table.generation
                 self.apply(table, self.url)
                 if self.write_cache:

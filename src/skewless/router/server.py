@@ -29,7 +29,8 @@ from skewless.core.pin import Pin, PinCodec, cookie_max_age
 from skewless.core.route_table import EMPTY_TABLE, AppRoute, RouteTable
 from skewless.core.routing import AppPolicy, VersionPool, compile_policy, eligible
 from skewless.router import clock
-from skewless.router.client import ClientProtocol, Exchange
+from skewless.router.client import ClientProtocol
+from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
@@ -57,6 +58,8 @@ class Options:
     eject_time: float = 10.0
     drain_timeout: float = 30.0
     worker: int = 0
+    secure_cookies: bool = False
+    """Mark pin cookies ``Secure`` (the router sits behind a TLS terminator)."""
 
 
 class AppRuntime:
@@ -78,7 +81,12 @@ class AppRuntime:
         "versions_b",
     )
 
-    def __init__(self, route: AppRoute, stats: dict[tuple[str, str], VersionStats]) -> None:
+    def __init__(
+        self,
+        route: AppRoute,
+        stats: dict[tuple[str, str], VersionStats],
+        secure: bool = False,
+    ) -> None:
         self.route = route
         self.name = route.name
         s = route.session
@@ -92,7 +100,7 @@ class AppRuntime:
         self.life = s.max_lifetime
         self.refresh = min(60.0, s.idle_timeout / 10.0)
         """Re-issue a pin this old (seconds): see ``skewless.core.pin.needs_refresh``."""
-        self.cookie_suffix = b"; Path=/; HttpOnly; SameSite=Lax"
+        self.cookie_suffix = b"; Path=/; HttpOnly; SameSite=Lax" + (b"; Secure" if secure else b"")
         self.policy: AppPolicy[Instance] = compile_policy([])
         self.versions_b = {v.version: v.version.encode() for v in route.versions}
         self.stats: dict[str, VersionStats] = {}
@@ -176,7 +184,7 @@ class RouterServer:
                         if inst.check != v.health:
                             inst.check = v.health
                     new[key] = inst
-            apps[route.name] = AppRuntime(route, self.stats)
+            apps[route.name] = AppRuntime(route, self.stats, self.options.secure_cookies)
         for key, inst in old.items():
             if key not in new:
                 inst.removed = True
@@ -307,7 +315,7 @@ class RouterServer:
             ex = client.active
             if ex is not None:
                 conn = ex.conn
-                if conn is not None and now - conn.last_io > o.upstream_timeout:
+                if conn is not None and not conn.held and now - conn.last_io > o.upstream_timeout:
                     log.warning("instance %s timed out on a request", ex.instance_id())
                     ex.timed_out()
             elif client.awaiting_head:

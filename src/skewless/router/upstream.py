@@ -20,7 +20,7 @@ from skewless.router import clock
 from skewless.router.instance import Instance
 
 if TYPE_CHECKING:
-    from skewless.router.client import Exchange
+    from skewless.router.exchange import Exchange
 
 HIGH_WATER = 256 * 1024
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -33,6 +33,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "closed",
         "ex",
         "headers",
+        "held",
         "instance",
         "interim",
         "last_io",
@@ -50,6 +51,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.interim = False
+        self.held = False
+        """Reading paused because the client is slow (the upstream timeout waits)."""
         self.last_io = monotonic()
 
     def __repr__(self) -> str:
@@ -153,6 +156,10 @@ class UpstreamProtocol(asyncio.Protocol):
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool, or closed."""
         self.ex = None
+        if self.held:
+            self.held = False
+            if self.transport is not None:
+                self.transport.resume_reading()
         if reusable and not self.closed and not self.tunnel:
             self.last_io = monotonic()
             self.instance.put_idle(self)

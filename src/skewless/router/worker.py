@@ -50,6 +50,7 @@ class Worker:
             max_head=args.max_header_size,
             drain_timeout=args.drain_timeout,
             worker=index,
+            secure_cookies=args.secure_cookies,
         )
         self.server = RouterServer(codec, options)
         self.initial = table
@@ -123,9 +124,16 @@ class Worker:
                 self.reload_routes("file changed")
 
     async def tick(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
             self.server.sweep()
+            ticks += 1
+            if ticks % 100 == 0:  # forget sessions idle past their timeout (bounded memory)
+                now = time.time()
+                for rt in self.server.apps.values():
+                    for stats in rt.stats.values():
+                        stats.live_sessions(now, rt.idle)
 
     # ---- life ------------------------------------------------------------------------
 
