@@ -28,7 +28,7 @@ from skewless.core.model import VersionState
 from skewless.core.pin import Pin, PinCodec, cookie_max_age
 from skewless.core.route_table import EMPTY_TABLE, AppRoute, RouteTable
 from skewless.core.routing import AppPolicy, VersionPool, compile_policy, eligible
-from skewless.router import clock
+from skewless.router import clock, drain
 from skewless.router.client import ClientProtocol
 from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
@@ -184,9 +184,11 @@ class RouterServer:
                         if inst.check != v.health:
                             inst.check = v.health
                     new[key] = inst
+                    drain.track(inst, i, v, time.time(), self.options.drain_timeout)
             apps[route.name] = AppRuntime(route, self.stats, self.options.secure_cookies)
         for key, inst in old.items():
             if key not in new:
+                drain.track_removed(inst, time.time(), self.options.drain_timeout)
                 inst.removed = True
                 inst.close_idle()
                 task = inst.health_task
