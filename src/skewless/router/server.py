@@ -375,6 +375,7 @@ class RouterServer:
                     "up": i.up,
                     "inflight": i.inflight,
                     "idle_connections": len(i.idle),
+                    "drain_at": i.drain_at or None,
                 }
                 for i in self.instances.values()
             ],
