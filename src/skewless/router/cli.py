@@ -188,6 +188,10 @@ def main(argv: list[str]) -> int:
             except UpgradeError as error:
                 raise UserError(str(error)) from None
             socks = handover.listen
+            if not args.keys:
+                from skewless.router.handover import keys_of
+
+                keys = keys_of(handover.state) or keys
             if not socks:
                 raise UserError(f"--takeover {args.takeover}: no listening socket received")
             host, port = socks[0].getsockname()[:2]

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from skewless.core.errors import ConfigError
+from skewless.core.pin import Keyring, SigningKey
 from skewless.core.route_table import RouteTable, dump_route_table, parse_route_table
 from skewless.router.metrics import VersionStats
 from skewless.router.server import RouterServer
@@ -100,3 +101,17 @@ def restore_instances(server: RouterServer, state: dict[str, Any]) -> int:
     for app in apps:
         server.recompile(app)
     return restored
+
+
+def dump_keys(keyring: Keyring) -> list[list[str]]:
+    """Only for the random key of a router without ``--keys`` (the upgrade socket is
+    mode 0600 and checks the peer's uid)."""
+    return [[k.key_id, k.secret.hex()] for k in keyring.keys]
+
+
+def keys_of(state: dict[str, Any]) -> Keyring | None:
+    workers = state.get("workers") or [{}]
+    rows = workers[0].get("keys") if isinstance(workers[0], dict) else None
+    if not rows:
+        return None
+    return Keyring(keys=tuple(SigningKey(key_id=k, secret=bytes.fromhex(v)) for k, v in rows))

@@ -307,6 +307,8 @@ class Worker:
                 return handover.snapshot(self.server)
 
             state = asyncio.run_coroutine_threadsafe(snap(), loop).result(10)
+            if self.args.keys is None:  # a random key: pins survive only if it travels
+                state["keys"] = handover.dump_keys(self.server.codec.keyring)
             return self.socks, self.admin_sock, {"workers": [state]}
 
         def handed_over() -> None:
@@ -337,7 +339,10 @@ class Worker:
         if not line:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             return
-        blob = json.dumps(handover.snapshot(self.server)).encode() + b"\n"
+        state = handover.snapshot(self.server)
+        if self.args.keys is None:  # a random key: pins survive only if it travels
+            state["keys"] = handover.dump_keys(self.server.codec.keyring)
+        blob = json.dumps(state).encode() + b"\n"
         sock.setblocking(True)
         try:
             sock.sendall(blob)
