@@ -152,3 +152,12 @@ def test_takeover_argv_replaces_an_earlier_takeover() -> None:
         "/s.sock",
     ]
     assert takeover_argv(["--takeover=/x"], "/s") == ["--takeover", "/s"]
+
+
+def test_a_random_pin_key_travels_in_the_handover_state() -> None:
+    from skewless.core.pin import Keyring, SigningKey
+    from skewless.router.handover import dump_keys, keys_of
+
+    ring = Keyring(keys=(SigningKey(key_id="ephemeral", secret=os.urandom(32)),))
+    assert keys_of({"workers": [{"keys": dump_keys(ring)}]}) == ring
+    assert keys_of({"workers": [{}]}) is None  # a router with --keys sends none
