@@ -175,6 +175,7 @@ def _zombie(pid: int) -> bool:
 
 
 def test_takeover_with_workers(backend_factory: Any, router_factory: Any) -> None:
+    """Two workers hand over to three: each new worker serves (one a new socket)."""
     a, b, c = backend_factory("a"), backend_factory("b"), backend_factory("c")
     old = router_factory(routes(a, b, c), "--workers", "2")
     sock = old.tmp / "home" / f"router-{old.port}.sock"
@@ -186,7 +187,7 @@ def test_takeover_with_workers(backend_factory: Any, router_factory: Any) -> Non
             "--routes",
             str(old.routes_path),
             "--workers",
-            "2",
+            "3",
             "--takeover",
             str(sock),
             sub=old.tmp.name,
@@ -195,8 +196,12 @@ def test_takeover_with_workers(backend_factory: Any, router_factory: Any) -> Non
         served = load.done
         wait_for(lambda: load.done > served + 200, what="load served by the new workers")
     assert load.errors == [] and set(load.statuses) == {200}, (load.errors[:5], load.statuses)
-    assert sum("took over generation 1" in x for x in new.lines) == 2
+    assert sum("took over generation 1" in x for x in new.lines) == 3
     assert by_id(new.state())["b"]["state"] == "draining"
+    kids = Path(f"/proc/{new.proc.pid}/task/{new.proc.pid}/children").read_text().split()
+    assert len(kids) == 3
+    for _ in range(30):  # new connections: whichever worker accepts them answers
+        assert httpx.get(f"{new.url}/", timeout=5).status_code == 200
 
 
 def test_takeover_of_nobody_is_a_clear_error(router_factory: Any, tmp_path: Path) -> None:

@@ -195,6 +195,14 @@ def main(argv: list[str]) -> int:
             if not socks:
                 raise UserError(f"--takeover {args.takeover}: no listening socket received")
             host, port = socks[0].getsockname()[:2]
+            try:  # more workers than the old router had: a socket for each
+                while len(socks) < args.workers:
+                    socks.append(bind(host, port, reuseport=True))
+                    socks[-1].listen(4096)
+            except OSError as error:
+                raise UserError(
+                    f"--workers: cannot bind another socket: {error.strerror}"
+                ) from None
         else:
             socks = []
             try:
