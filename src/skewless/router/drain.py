@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from skewless.core.route_table import InstanceRoute, VersionRoute, drain_deadline
+from skewless.router.ws_tunnel import FINISHED
 
 if TYPE_CHECKING:
     from skewless.router.instance import Instance
@@ -40,14 +41,14 @@ def track_removed(inst: Instance, now: float, default: float) -> None:
 
 def close_due_tunnels(server: RouterServer, wall: float, mono: float) -> int:
     """Tunnels to instances past their drain deadline get 1001; returns how many are
-    closing."""
+    closing. Forgets tunnels that have ended."""
     closing = 0
-    for client in list(server.clients):
-        conn = client.tunnel
-        ws = conn.ws if conn is not None else None
-        if ws is None:
+    tunnels = server.tunnels
+    for ws in list(tunnels):
+        if ws.state == FINISHED or ws.client.closing:
+            tunnels.discard(ws)
             continue
-        drain_at = conn.instance.drain_at  # type: ignore[union-attr]
+        drain_at = ws.conn.instance.drain_at
         if ws.state or (drain_at and drain_at <= wall):
             ws.go_away()
             ws.check(mono)
@@ -56,13 +57,15 @@ def close_due_tunnels(server: RouterServer, wall: float, mono: float) -> int:
 
 
 def close_all_tunnels(server: RouterServer, mono: float) -> int:
-    """The router's own drain deadline: every tunnel gets 1001."""
+    """The router's own drain deadline: every tunnel gets 1001; returns how many are
+    still open."""
     left = 0
-    for client in list(server.clients):
-        conn = client.tunnel
-        ws = conn.ws if conn is not None else None
-        if ws is not None:
-            ws.go_away()
-            ws.check(mono)
-            left += ws.state != 3
+    tunnels = server.tunnels
+    for ws in list(tunnels):
+        if ws.state == FINISHED or ws.client.closing:
+            tunnels.discard(ws)
+            continue
+        ws.go_away()
+        ws.check(mono)
+        left += ws.state != FINISHED
     return left

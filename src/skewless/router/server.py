@@ -34,6 +34,7 @@ from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
+from skewless.router.ws_tunnel import WsTunnel
 
 log = logging.getLogger("skewless.router")
 TICK = 0.1
@@ -140,6 +141,8 @@ class RouterServer:
         self.host_cache: dict[bytes, AppRuntime | None] = {}
         self.pin_headers: frozenset[bytes] = frozenset()
         self.clients: set[ClientProtocol] = set()
+        self.tunnels: set[WsTunnel] = set()
+        """WebSocket tunnels (pruned by ``drain.close_due_tunnels``)."""
         self.draining = False
         self.epoch = 0
         """Bumped whenever routing may change (table, health, keys): per-connection route

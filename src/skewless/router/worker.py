@@ -216,7 +216,10 @@ class Worker:
         if self.on_serving is not None:
             self.on_serving()
         if self.handover is not None:
-            await loop.run_in_executor(None, confirm_ready, self.handover)
+            try:
+                await loop.run_in_executor(None, confirm_ready, self.handover)
+            except (OSError, UpgradeError) as error:
+                log.error("upgrade: the old router did not confirm (%s); serving anyway", error)
             self.handover = None
         if self.upgrade_path:
             self.listen_for_upgrades(loop)
@@ -268,7 +271,7 @@ class Worker:
             if not server.busy() and not self.close_idle():
                 break
             await asyncio.sleep(0.05)
-        if any(c.tunnel is not None for c in server.clients):
+        if drain.close_all_tunnels(server, time.monotonic()):
             log.info("drain deadline: WebSockets get 1001")
             end = time.monotonic() + 3 * ws_tunnel.GRACE
             while time.monotonic() < end:

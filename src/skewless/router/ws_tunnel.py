@@ -129,6 +129,7 @@ class WsTunnel:
         """Client -> instance."""
         self.state = OPEN
         self.since = 0.0
+        client.server.tunnels.add(self)
 
     def __repr__(self) -> str:
         return f"WsTunnel(state={self.state} up={self.up!r} down={self.down!r})"
