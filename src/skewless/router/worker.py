@@ -200,6 +200,9 @@ class Worker:
             handed = handover.table_of(self.state)
             if handed is not None:
                 table = handed
+                # a routes file is the source of truth: read it again at the next watch
+                # tick (it may have changed after the old router last read it)
+                self.routes_sig = None
             handover.restore_stats(server, self.state)
         server.apply_table(table)
         if self.state is not None:
