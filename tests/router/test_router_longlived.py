@@ -163,6 +163,7 @@ class Ws:
         self.reader = reader
         self.writer = writer
         self.version = ""
+        self.closed_at = 0.0
 
     @classmethod
     async def connect(cls, port: int) -> Ws:
@@ -188,6 +189,7 @@ class Ws:
     async def closed_by_router(self) -> tuple[int, bytes]:
         """Wait for the router's close frame, answer it, see the TCP close."""
         opcode, masked, data = await asyncio.wait_for(read_frame(self.reader), 15)
+        self.closed_at = time.time()
         assert opcode == 8 and not masked, (opcode, masked, data)
         self.writer.write(frame(8, data[:2], mask=True))
         assert await asyncio.wait_for(self.reader.read(), 10) == b""  # then the TCP close
@@ -244,10 +246,12 @@ def test_websockets_and_long_polls_live_until_the_drain_deadline(
         assert results == [(200, b"polled v1")] * N_POLLS
         for ws in sockets:
             assert await ws.echo(b"still") == b"still"
-        # the deadline comes (the controller moved it to now)
-        r.write_routes(tables(a, b, time.time()))
+        # the controller moves the deadline to a second from now: it comes by itself
+        deadline = time.time() + 1.0
+        r.write_routes(tables(a, b, deadline))
         closes = await asyncio.gather(*(ws.closed_by_router() for ws in sockets))
         assert closes == [(1001, b"going away")] * N_WS
+        assert min(ws.closed_at for ws in sockets) >= deadline  # none before its deadline
         await asyncio.to_thread(
             wait_for, lambda: len(a.closes) + a.eofs == N_WS, 10, "instance side closed"
         )
