@@ -285,3 +285,34 @@ def test_sigterm_drain_closes_websockets_with_1001(ws_backends: Any, router_fact
     asyncio.run(scenario())
     assert r.proc.wait(15) == 0
     assert any("WebSockets get 1001" in x for x in r.lines)
+
+
+def test_websockets_on_a_router_that_hands_over_get_1001_at_its_deadline(
+    ws_backends: Any, router_factory: Any
+) -> None:
+    a, b = ws_backends("v1"), ws_backends("v2")
+    old = router_factory(tables(a, b, None), "--drain-timeout", "1")
+    sock = old.tmp / "home" / f"router-{old.port}.sock"
+    wait_for(sock.exists, what="upgrade socket")
+
+    async def scenario() -> None:
+        sockets = [await Ws.connect(old.port) for _ in range(5)]
+        new = await asyncio.to_thread(
+            router_factory,
+            None,
+            "--routes",
+            str(old.routes_path),
+            "--takeover",
+            str(sock),
+            sub=old.tmp.name,
+        )
+        await asyncio.to_thread(wait_for, lambda: any("drains and exits" in x for x in old.lines))
+        assert await sockets[0].echo(b"old router, draining") == b"old router, draining"
+        fresh = await Ws.connect(new.port)  # the same port: the new router answers
+        closes = await asyncio.gather(*(ws.closed_by_router() for ws in sockets))
+        assert closes == [(1001, b"going away")] * 5
+        assert await fresh.echo(b"new router") == b"new router"  # not the old one's
+        fresh.writer.close()
+
+    asyncio.run(scenario())
+    assert old.proc.wait(15) == 0
