@@ -178,7 +178,13 @@ class UpgradeListener:
     def bind(self) -> None:
         """Bind ``path`` (replacing a stale socket file, refusing a live one)."""
         p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise UpgradeError(
+                f"--upgrade-socket {self.path}: cannot create its directory: "
+                f"{error.strerror or error}"
+            ) from None
         if p.exists() or p.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
