@@ -9,6 +9,10 @@ Defaults (fields a table may omit): ``hosts`` ``["*"]``; ``session.cookie``
 ``skewless-APP``; ``session.header`` ``Skewless-Pin``; ``session.idle_timeout`` 1800;
 ``session.max_lifetime`` 43200; ``session.pin`` true; version ``health`` ``{"path":
 "/healthz", "interval": 2.0, "timeout": 1.0}``; instance ``state`` ``ready``.
+
+Extension: versions and instances may carry ``drain_deadline`` (UNIX time) and
+``drain_timeout`` (seconds): when a draining (or removed) instance's long-lived
+connections are closed (see ``drain_deadline``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class InstanceRoute:
     port: int
     state: str
     """``ready`` (new and pinned work) or ``draining`` (pinned work only, as a fallback)."""
+    drain_deadline: float | None = None
+    """UNIX time at which a draining instance's tunnels (WebSockets) are closed."""
+    drain_timeout: float | None = None
+    """Seconds after the router first sees the instance draining (if no deadline)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +70,10 @@ class VersionRoute:
     """Share of new sessions (0..1); normalised over the live versions that can serve."""
     instances: tuple[InstanceRoute, ...]
     health: HealthCheck
+    drain_deadline: float | None = None
+    """Default ``drain_deadline`` of the version's instances."""
+    drain_timeout: float | None = None
+    """Default ``drain_timeout`` of the version's instances."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +127,23 @@ class RouteTable:
 
 
 EMPTY_TABLE = RouteTable(generation=0, apps=())
+
+
+def drain_deadline(
+    instance: InstanceRoute, version: VersionRoute, first_seen: float, default: float
+) -> float:
+    """When the long-lived connections of a draining instance are closed (UNIX time).
+
+    The most specific setting wins: the instance's ``drain_deadline``, its
+    ``drain_timeout`` (counted from ``first_seen``, when the router first saw it
+    draining), then the version's, then the router's ``default`` timeout.
+    """
+    for owner in (instance, version):
+        if owner.drain_deadline is not None:
+            return owner.drain_deadline
+        if owner.drain_timeout is not None:
+            return first_seen + owner.drain_timeout
+    return first_seen + default
 
 
 def strip_port(host: str) -> str:
@@ -197,6 +226,14 @@ def _health(obj: Any, where: str) -> HealthCheck:
     return HealthCheck(path=path, interval=interval, timeout=timeout, rise=rise, fall=fall)
 
 
+def _drain(obj: dict[str, Any], where: str) -> tuple[float | None, float | None]:
+    deadline = _num(obj, "drain_deadline", where, 0.0, 0.0) if "drain_deadline" in obj else None
+    timeout = (
+        _num(obj, "drain_timeout", where, 0.0, 0.0, 604800.0) if "drain_timeout" in obj else None
+    )
+    return deadline, timeout
+
+
 def _instance(obj: Any, where: str, seen: set[str]) -> InstanceRoute:
     i = _obj(obj, where)
     iid = _str(i, "id", where)
@@ -208,7 +245,16 @@ def _instance(obj: Any, where: str, seen: set[str]) -> InstanceRoute:
     state = _str(i, "state", where, "ready")
     if state not in ("ready", "draining"):
         raise ConfigError(f'{where}.state must be "ready" or "draining" (got {state!r})')
-    return InstanceRoute(id=iid, address=address, host=host, port=port, state=state)
+    deadline, timeout = _drain(i, where)
+    return InstanceRoute(
+        id=iid,
+        address=address,
+        host=host,
+        port=port,
+        state=state,
+        drain_deadline=deadline,
+        drain_timeout=timeout,
+    )
 
 
 def _version(obj: Any, where: str, seen: set[str]) -> VersionRoute:
@@ -232,8 +278,15 @@ def _version(obj: Any, where: str, seen: set[str]) -> VersionRoute:
         _instance(item, f"{where}.instances[{k}]", seen) for k, item in enumerate(raw_instances)
     )
     health = _health(v.get("health"), f"{where}.health")
+    deadline, timeout = _drain(v, where)
     return VersionRoute(
-        version=name, state=state, weight=weight, instances=instances, health=health
+        version=name,
+        state=state,
+        weight=weight,
+        instances=instances,
+        health=health,
+        drain_deadline=deadline,
+        drain_timeout=timeout,
     )
 
 
@@ -300,3 +353,59 @@ def parse_route_table(obj: Any) -> RouteTable:
             raise ConfigError(f"apps[{k}].name {app.name!r} appears twice: each app once")
         apps.append(app)
     return RouteTable(generation=gen, apps=tuple(apps))
+
+
+# ---- dumping -------------------------------------------------------------------------
+
+
+def _drain_fields(owner: InstanceRoute | VersionRoute) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if owner.drain_deadline is not None:
+        out["drain_deadline"] = owner.drain_deadline
+    if owner.drain_timeout is not None:
+        out["drain_timeout"] = owner.drain_timeout
+    return out
+
+
+def dump_route_table(table: RouteTable) -> dict[str, Any]:
+    """The JSON form of ``table``: ``parse_route_table(dump_route_table(t)) == t``."""
+    apps = []
+    for app in table.apps:
+        s = app.session
+        versions = []
+        for v in app.versions:
+            h = v.health
+            versions.append(
+                {
+                    "version": v.version,
+                    "state": v.state.value,
+                    "weight": v.weight,
+                    "health": {
+                        "path": h.path,
+                        "interval": h.interval,
+                        "timeout": h.timeout,
+                        "rise": h.rise,
+                        "fall": h.fall,
+                    },
+                    "instances": [
+                        {"id": i.id, "address": i.address, "state": i.state, **_drain_fields(i)}
+                        for i in v.instances
+                    ],
+                    **_drain_fields(v),
+                }
+            )
+        apps.append(
+            {
+                "name": app.name,
+                "hosts": list(app.hosts),
+                "session": {
+                    "cookie": s.cookie,
+                    "header": s.header,
+                    "idle_timeout": s.idle_timeout,
+                    "max_lifetime": s.max_lifetime,
+                    "pin": s.pin,
+                },
+                "versions": versions,
+            }
+        )
+    return {"generation": table.generation, "apps": apps}

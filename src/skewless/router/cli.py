@@ -4,19 +4,30 @@
                     [--admin 127.0.0.1:8081] [--workers N]
     skewless router --listen 127.0.0.1:8080 --controller http://127.0.0.1:7000 --id r1 ...
 
-With ``--workers N`` the parent binds the port (to learn it when given port 0), forks N
-workers that each bind it again with SO_REUSEPORT and run their own event loop, and
-forwards SIGHUP/SIGTERM/SIGINT to them. Each worker reloads on its own (SIGHUP, file
-change, controller long-poll), so all see each reload. Worker 0 serves the admin listener.
+With ``--workers N`` the parent binds N listening sockets on the port with SO_REUSEPORT
+(the first one learns the port when given port 0), forks N workers that each serve
+their own socket with their own event loop, and forwards SIGHUP/SIGTERM/SIGINT to them.
+The parent keeps the sockets: a restarted worker serves the same one (connections
+queued on it wait instead of being reset), and a hitless upgrade hands them all over.
+Each worker reloads on its own (SIGHUP, file change, controller long-poll), so all see
+each reload. Worker 0 serves the admin listener.
 
 SIGTERM/SIGINT drain: stop accepting, answer what is in flight (up to --drain-timeout),
-close idle keep-alive connections, exit 0.
+close idle keep-alive connections, WebSockets get 1001 at the deadline, exit 0.
+
+Hitless upgrade (``skewless.router.upgrade``): the router listens on
+``--upgrade-socket`` (default ``$SKEWLESS_HOME/router-PORT.sock``); ``skewless router
+SAME-FLAGS --takeover PATH`` receives its listening sockets and state, serves, and the
+old router drains and exits 0. ``kill -USR2 PID`` starts that new process for you.
+With ``--workers N`` the supervisor does it: it holds the sockets and asks each worker
+for its state; worker K of the new router gets the state of the old worker K.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -29,6 +40,7 @@ from pathlib import Path
 from skewless.core.errors import ConfigError
 from skewless.core.pin import Keyring, PinCodec, SigningKey
 from skewless.core.route_table import EMPTY_TABLE, RouteTable
+from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, take_over
 
 log = logging.getLogger("skewless.router")
 
@@ -91,8 +103,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="mark pin cookies Secure (clients reach the router through TLS)",
     )
+    p.add_argument(
+        "--upgrade-socket",
+        metavar="PATH",
+        help="unix socket a new router takes over from (default $SKEWLESS_HOME/router-PORT"
+        ".sock; 'off' disables)",
+    )
+    p.add_argument(
+        "--takeover",
+        metavar="PATH",
+        help="take the listening sockets and state over from the router at PATH",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(argv)
+    return args
 
 
 class UserError(Exception):
@@ -209,18 +234,46 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    handover: Handover | None = None
     try:
         validate(args)
         keys, table = initial_state(args)
         fd_budget(args)
         host, port = address(args.listen, "--listen")
-        try:
-            placeholder = bind(host, port, reuseport=True)
-        except OSError as error:
-            raise UserError(f"--listen {args.listen}: cannot bind: {error.strerror}") from None
-        port = placeholder.getsockname()[1]
-        admin_sock = None
-        if args.admin:
+        if args.takeover:
+            try:
+                handover = take_over(args.takeover)
+            except UpgradeError as error:
+                raise UserError(str(error)) from None
+            socks = handover.listen
+            if not args.keys:
+                from skewless.router.handover import keys_of
+
+                keys = keys_of(handover.state) or keys
+            if not socks:
+                raise UserError(f"--takeover {args.takeover}: no listening socket received")
+            host, port = socks[0].getsockname()[:2]
+            try:  # more workers than the old router had: a socket for each
+                while len(socks) < args.workers:
+                    socks.append(bind(host, port, reuseport=True))
+                    socks[-1].listen(4096)
+            except OSError as error:
+                raise UserError(
+                    f"--workers: cannot bind another socket: {error.strerror}"
+                ) from None
+        else:
+            socks = []
+            try:
+                for _ in range(args.workers):
+                    socks.append(bind(host, port, reuseport=True))
+                    port = socks[0].getsockname()[1]
+            except OSError as error:
+                raise UserError(f"--listen {args.listen}: cannot bind: {error.strerror}") from None
+            for sock in socks:
+                sock.listen(4096)
+        upgrade_path = upgrade_socket_path(args, port)
+        admin_sock = handover.admin if handover is not None else None
+        if args.admin and admin_sock is None:
             ahost, aport = address(args.admin, "--admin")
             try:
                 admin_sock = bind(ahost, aport, reuseport=False)
@@ -236,30 +289,50 @@ def main(argv: list[str]) -> int:
         admin_text = f", admin http://{ah}:{ap}"
     print(
         f"skewless router: listening on http://{host}:{port}{admin_text}, "
-        f"generation {table.generation}, {args.workers} worker(s)",
+        f"generation {table.generation}, {args.workers} worker(s)"
+        + (f", taken over from {args.takeover}" if handover is not None else ""),
         file=sys.stderr,
         flush=True,
     )
     if args.workers == 1:
-        sock = placeholder
-        sock.listen(4096)
-        return run_worker(args, 0, keys, table, sock, admin_sock)
-    return supervise(args, keys, table, host, port, placeholder, admin_sock)
+        return run_worker(args, 0, keys, table, socks, admin_sock, handover, upgrade_path)
+    return supervise(args, keys, table, socks, admin_sock, handover, upgrade_path)
+
+
+def upgrade_socket_path(args: argparse.Namespace, port: int) -> str | None:
+    from skewless.router.sources import default_state_dir
+    from skewless.router.upgrade import default_path
+
+    explicit = args.upgrade_socket
+    if explicit == "off":
+        return None
+    path = explicit or default_path(default_state_dir(), port)
+    if len(os.fsencode(path)) > 107:
+        if explicit:
+            raise UserError(f"--upgrade-socket {path}: longer than a unix socket path may be")
+        log.warning("upgrade socket path %s is too long: give --upgrade-socket PATH", path)
+        return None
+    return path
 
 
 def supervise(
     args: argparse.Namespace,
     keys: Keyring,
     table: RouteTable,
-    host: str,
-    port: int,
-    placeholder: socket.socket,
+    socks: list[socket.socket],
     admin_sock: socket.socket | None,
+    handover: Handover | None,
+    upgrade_path: str | None,
 ) -> int:
     children: dict[int, int] = {}  # pid -> worker index
+    asks: dict[int, socket.socket] = {}  # worker index -> where to ask for its state
+    states: list[dict[str, object]] = list(handover.state.get("workers", [])) if handover else []
+    ready_r, ready_w = os.pipe()
     stopping = False
+    n = args.workers
 
     def spawn(index: int, restart: bool = False) -> None:
+        ask, answer = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -267,13 +340,21 @@ def supervise(
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                placeholder.close()
-                sock = bind(host, port, reuseport=True)
-                sock.listen(4096)
-                mine = admin_sock if index == 0 else None
+                signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+                if not restart:
+                    os.close(ready_r)
+                ask.close()
+                for other in asks.values():
+                    other.close()
+                mine = [s for j, s in enumerate(socks) if j % n == index]
+                for j, s in enumerate(socks):
+                    if j % n != index:
+                        s.close()
+                admin = admin_sock if index == 0 else None
                 if admin_sock is not None and index != 0:
                     admin_sock.close()
                 current_keys, current_table = keys, table
+                state = None
                 if restart:  # the files may have changed since the parent read them
                     try:
                         current_keys, current_table = initial_state(args)
@@ -281,11 +362,31 @@ def supervise(
                         log.error(
                             "worker %d: %s; using the configuration read at start", index, error
                         )
-                code = run_worker(args, index, current_keys, current_table, sock, mine)
+                elif index < len(states):
+                    state = states[index]
+                elif states:  # more workers than before: the table and health, no counters
+                    state = {k: v for k, v in states[0].items() if k != "stats"}
+                answer.setblocking(False)
+                code = run_worker(
+                    args,
+                    index,
+                    current_keys,
+                    current_table,
+                    mine,
+                    admin,
+                    state=state,
+                    state_sock=answer,
+                    ready_fd=None if restart else ready_w,
+                )
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
                 os._exit(code)
+        answer.close()
+        old = asks.pop(index, None)
+        if old is not None:
+            old.close()
+        asks[index] = ask
         children[pid] = index
 
     def forward(signum: int, _frame: object) -> None:
@@ -296,11 +397,63 @@ def supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def provide() -> tuple[list[socket.socket], socket.socket | None, dict[str, object]]:
+        gathered = []
+        for index in sorted(asks):
+            ask = asks[index]
+            ask.settimeout(10)
+            ask.sendall(b"state\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = ask.recv(1 << 20)
+                if not chunk:
+                    raise UpgradeError(f"worker {index} did not give its state")
+                buf += chunk
+            gathered.append(json.loads(buf))
+        return socks, admin_sock, {"workers": gathered}
+
+    def handed_over() -> None:
+        forward(signal.SIGTERM, None)
+
+    def on_usr2(_signum: int, _frame: object) -> None:
+        from skewless.router.upgrade import spawn_successor
+
+        if listener is None or listener.done:
+            log.error("SIGUSR2 ignored: no upgrade socket, or already handed over")
+        else:
+            spawn_successor(args.argv, listener.path)
+
+    listener: UpgradeListener | None = None
     signal.signal(signal.SIGHUP, forward)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for index in range(args.workers):
+    signal.signal(signal.SIGUSR2, on_usr2)
+    for index in range(n):
         spawn(index)
+    os.close(ready_w)
+    if handover is not None:
+        ready = 0
+        while ready < n:  # every worker serves before the old router stops accepting
+            got = os.read(ready_r, n)
+            if not got:
+                break
+            ready += len(got)
+        from skewless.router.upgrade import confirm_ready
+
+        try:
+            confirm_ready(handover)
+        except (OSError, UpgradeError) as error:
+            log.error("upgrade: the old router did not let go: %s", error)
+    os.close(ready_r)
+    if upgrade_path:
+        listener = UpgradeListener(upgrade_path, provide, handed_over)
+        try:
+            listener.bind()
+            listener.start()
+            log.info("upgrade socket %s (a new router takes over with --takeover)", upgrade_path)
+        except UpgradeError as error:
+            log.error("%s; hitless upgrade is off for this process", error)
+            listener = None
     worst = 0
     deaths: list[float] = []
     while children:
@@ -328,7 +481,10 @@ def supervise(
             spawn(index, restart=True)
         else:
             worst = max(worst, code if code > 0 else 0)
-    placeholder.close()
+    if listener is not None:
+        listener.close(unlink=not listener.done)
+    for sock in socks:
+        sock.close()
     return worst
 
 
@@ -337,12 +493,34 @@ def run_worker(
     index: int,
     keys: Keyring,
     table: RouteTable,
-    sock: socket.socket,
+    socks: list[socket.socket],
     admin_sock: socket.socket | None,
+    handover: Handover | None = None,
+    upgrade_path: str | None = None,
+    *,
+    state: dict[str, object] | None = None,
+    state_sock: socket.socket | None = None,
+    ready_fd: int | None = None,
 ) -> int:
+    """One worker; alone (``handover``/``upgrade_path``: it is the upgrade end itself)
+    or under a supervisor (``state_sock``, ``ready_fd``: the supervisor is)."""
     import uvloop
 
     from skewless.router.worker import Worker
 
-    worker = Worker(args, index, PinCodec(keys), table, sock, admin_sock)
+    if handover is not None:
+        workers = handover.state.get("workers") or [None]
+        state = workers[0]
+    worker = Worker(args, index, PinCodec(keys), table, socks, admin_sock, state)
+    worker.handover = handover
+    worker.upgrade_path = upgrade_path
+    worker.state_sock = state_sock
+    if ready_fd is not None:
+
+        def serving() -> None:
+            with contextlib.suppress(OSError):  # nobody waits for it (no takeover)
+                os.write(ready_fd, b"r")
+            os.close(ready_fd)
+
+        worker.on_serving = serving
     return uvloop.run(worker.run())

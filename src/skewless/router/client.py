@@ -51,6 +51,7 @@ from skewless.router.exchange import (
     Exchange,
     render,
 )
+from skewless.router.ws_tunnel import WsTunnel
 
 if TYPE_CHECKING:
     from skewless.router.instance import Instance
@@ -188,7 +189,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            ws = self.tunnel.ws
+            if ws is not None:
+                ws.from_client(data)
+            else:
+                self.tunnel.write(data)
             return
         if self.upgrade_buffer is not None:  # upgrade asked, no 101 yet: hold (bounded)
             self.upgrade_buffer.append(data)
@@ -429,10 +434,16 @@ class ClientProtocol(asyncio.Protocol):
 
     def start_tunnel(self, conn: UpstreamProtocol) -> None:
         self.tunnel = conn
+        ws = None
+        if conn.ex is not None:
+            ws = conn.ws = WsTunnel(conn, self, conn.ex)
         held = self.upgrade_buffer or []
         self.upgrade_buffer = None
         for chunk in held:
-            conn.write(chunk)
+            if ws is not None:
+                ws.from_client(chunk)
+            else:
+                conn.write(chunk)
         self.resume(PAUSE_UPGRADE)
 
     def refuse(self, status: int, why: str) -> None:

@@ -25,6 +25,8 @@ class Instance:
         "app",
         "check",
         "consecutive_failures",
+        "drain_at",
+        "drain_since",
         "ejected_until",
         "health_task",
         "healthy",
@@ -71,6 +73,10 @@ class Instance:
         """Consecutive connect failures (passive ejection)."""
         self.ejected_until = 0.0
         self.health_task: object | None = None
+        self.drain_since = 0.0
+        """UNIX time the router first saw this instance draining (or removed); 0: not."""
+        self.drain_at = 0.0
+        """UNIX time its tunnels get 1001 (``skewless.core.route_table.drain_deadline``)."""
         self.removed = False
 
     def __repr__(self) -> str:

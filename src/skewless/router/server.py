@@ -30,13 +30,14 @@ from skewless.core.model import VersionState
 from skewless.core.pin import Pin, PinCodec, cookie_max_age
 from skewless.core.route_table import EMPTY_TABLE, AppRoute, RouteTable
 from skewless.core.routing import AppPolicy, VersionPool, compile_policy, eligible
-from skewless.router import clock
+from skewless.router import clock, drain
 from skewless.router.client import ClientProtocol
 from skewless.router.exchange import Exchange
 from skewless.router.instance import Instance
 from skewless.router.limits import Counters, ShedProtocol, reset
 from skewless.router.metrics import VersionStats
 from skewless.router.upstream import UpstreamProtocol
+from skewless.router.ws_tunnel import WsTunnel
 
 log = logging.getLogger("skewless.router")
 TICK = 0.1
@@ -162,6 +163,8 @@ class RouterServer:
         """A new connection's first request head is due within the header timeout, not
         the keep-alive timeout: it starts out this much idle already."""
         self.body_need = max(1.0, options.body_min_rate * options.body_timeout)
+        self.tunnels: set[WsTunnel] = set()
+        """WebSocket tunnels (pruned by ``drain.close_due_tunnels``)."""
         self.draining = False
         self.epoch = 0
         """Bumped whenever routing may change (table, health, keys): per-connection route
@@ -206,9 +209,11 @@ class RouterServer:
                         if inst.check != v.health:
                             inst.check = v.health
                     new[key] = inst
+                    drain.track(inst, i, v, time.time(), self.options.drain_timeout)
             apps[route.name] = AppRuntime(route, self.stats, self.options.secure_cookies)
         for key, inst in old.items():
             if key not in new:
+                drain.track_removed(inst, time.time(), self.options.drain_timeout)
                 inst.removed = True
                 inst.close_idle()
                 task = inst.health_task
@@ -486,6 +491,7 @@ class RouterServer:
                     "up": i.up,
                     "inflight": i.inflight,
                     "idle_connections": len(i.idle),
+                    "drain_at": i.drain_at or None,
                 }
                 for i in self.instances.values()
             ],

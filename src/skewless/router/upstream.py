@@ -21,6 +21,7 @@ from skewless.router.instance import Instance
 
 if TYPE_CHECKING:
     from skewless.router.exchange import Exchange
+    from skewless.router.ws_tunnel import WsTunnel
 
 HIGH_WATER = 256 * 1024
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -40,6 +41,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "parser",
         "transport",
         "tunnel",
+        "ws",
     )
 
     def __init__(self, instance: Instance) -> None:
@@ -53,6 +55,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.interim = False
         self.held = False
         """Reading paused because the client is slow (the upstream timeout waits)."""
+        self.ws: WsTunnel | None = None
+        """After a 101: the tunnel, which follows frames to close it cleanly."""
         self.last_io = monotonic()
 
     def __repr__(self) -> str:
@@ -72,7 +76,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         if self.tunnel:
-            ex.client.write(data)
+            if self.ws is not None:
+                self.ws.from_instance(data)
+            else:
+                ex.client.write(data)
             return
         client = ex.client
         try:
@@ -80,7 +87,10 @@ class UpstreamProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             if self.tunnel and rest:
-                client.write(rest)
+                if self.ws is not None:
+                    self.ws.from_instance(rest)
+                else:
+                    client.write(rest)
         except (httptools.HttpParserError, BadRequest, ValueError):
             if self.ex is not None:
                 self.ex.upstream_failed("invalid response from the instance")

@@ -1,7 +1,14 @@
 """One router process: the listener, the timers, reloads, the admin listener, the
-controller link, and the drain on SIGTERM.
+controller link, the drain on SIGTERM, and the two ends of a hitless upgrade
+(``skewless.router.upgrade``).
 
 Every background task belongs to the worker's task set and is cancelled when it stops.
+
+The drain: stop accepting; answer what is in flight (with ``Connection: close``); close
+keep-alive connections that have been idle for ``IDLE_GRACE`` (one idle for less may be
+sending its next request right now: closing it would race that request, so it gets the
+chance to send it and have it answered); at the drain deadline send 1001 to every
+WebSocket; then close what is left.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -20,11 +28,15 @@ from typing import Any
 from skewless.core.errors import ConfigError
 from skewless.core.pin import PinCodec
 from skewless.core.route_table import RouteTable
-from skewless.router import health
+from skewless.router import clock, drain, handover, health, ws_tunnel
 from skewless.router.server import TICK, Options, RouterServer
 from skewless.router.sources import default_state_dir, load_keys, load_routes, signature
+from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, confirm_ready
 
 log = logging.getLogger("skewless.router")
+IDLE_GRACE = 1.0
+"""Draining: a keep-alive connection idle this long is closed; a younger one may still
+send one more request (answered with ``Connection: close``)."""
 
 
 class Worker:
@@ -34,13 +46,27 @@ class Worker:
         index: int,
         codec: PinCodec,
         table: RouteTable,
-        sock: socket.socket,
+        socks: list[socket.socket],
         admin_sock: socket.socket | None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.args = args
         self.index = index
-        self.sock = sock
+        self.socks = socks
         self.admin_sock = admin_sock
+        self.state = state
+        """Handed over by the router this one takes over from (``handover.snapshot``)."""
+        self.handover: Handover | None = None
+        """Set when this process took over: ``ready`` is sent once it serves."""
+        self.upgrade: UpgradeListener | None = None
+        self.upgrade_path: str | None = None
+        """Single-process router: serve takeovers on this path."""
+        self.handed_over = False
+        self.on_serving: Any = None
+        """Called once the listeners accept (the supervisor's readiness pipe)."""
+        self.state_sock: socket.socket | None = None
+        """Worker of a supervisor: it asks for ``handover.snapshot`` here."""
+        self.successor: Any = None
         options = Options(
             header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout,
@@ -132,6 +158,7 @@ class Worker:
         while True:
             await asyncio.sleep(TICK)
             self.server.sweep()
+            drain.close_due_tunnels(self.server, clock.wall, clock.mono)
             ticks += 1
             if ticks % 100 == 0:  # forget sessions idle past their timeout (bounded memory)
                 now = time.time()
@@ -173,12 +200,38 @@ class Worker:
                     "serving the cached route table generation %d until the controller answers",
                     cached.generation,
                 )
+        if self.state is not None:
+            handed = handover.table_of(self.state)
+            if handed is not None:
+                table = handed
+                # a routes file is the source of truth: read it again at the next watch
+                # tick (it may have changed after the old router last read it)
+                self.routes_sig = None
+            handover.restore_stats(server, self.state)
         server.apply_table(table)
-        stop = asyncio.Event()
+        if self.state is not None:
+            n = handover.restore_instances(server, self.state)
+            log.info("took over generation %d and the state of %d instance(s)", table.generation, n)
+        self.stop = stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        listener = await loop.create_server(server.accept, sock=self.sock, backlog=4096)
+        listeners = [
+            await loop.create_server(server.accept, sock=sock, backlog=4096) for sock in self.socks
+        ]
+        if self.on_serving is not None:
+            self.on_serving()
+        if self.handover is not None:
+            try:
+                await loop.run_in_executor(None, confirm_ready, self.handover)
+            except (OSError, UpgradeError) as error:
+                log.error("upgrade: the old router did not confirm (%s); serving anyway", error)
+            self.handover = None
+        if self.upgrade_path:
+            self.listen_for_upgrades(loop)
+        if self.state_sock is not None:
+            loop.add_reader(self.state_sock.fileno(), self.answer_state)
+        loop.add_signal_handler(signal.SIGUSR2, self.spawn_successor)
         self.spawn(self.tick(), "tick")
         if args.routes or args.keys:
             self.spawn(self.watch_files(), "watch-files")
@@ -192,7 +245,14 @@ class Worker:
             self.spawn(link.watch(), "controller-watch")
             self.spawn(link.report(), "controller-report")
         await stop.wait()
-        await self.drain(listener)
+        if self.handed_over:
+            # the successor reports and serves the admin listener from now on
+            for task in list(self.tasks):
+                if task.get_name() in ("controller-report", "admin"):
+                    task.cancel()
+        if self.upgrade is not None:
+            self.upgrade.close(unlink=not self.handed_over)
+        await self.drain(listeners)
         if admin is not None:
             admin.should_exit = True
             await asyncio.sleep(0)
@@ -205,24 +265,104 @@ class Worker:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         return 0
 
-    async def drain(self, listener: asyncio.Server) -> None:
+    async def drain(self, listeners: list[asyncio.Server]) -> None:
         """Stop accepting, let in-flight exchanges finish (bounded), close the rest."""
         server = self.server
         server.draining = True
-        listener.close()
+        for listener in listeners:
+            listener.close()
         log.info("draining: %d exchanges in flight", server.busy())
-        for client in list(server.clients):
-            if client.active is None and client.tunnel is None:
-                client.close()
         deadline = time.monotonic() + server.options.drain_timeout
-        while server.busy() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not server.busy() and not self.close_idle():
+                break
             await asyncio.sleep(0.05)
-            for client in list(server.clients):
-                if client.active is None and client.tunnel is None:
-                    client.close()
+        if drain.close_all_tunnels(server, time.monotonic()):
+            log.info("drain deadline: WebSockets get 1001")
+            end = time.monotonic() + 3 * ws_tunnel.GRACE
+            while time.monotonic() < end:
+                if not drain.close_all_tunnels(server, time.monotonic()):
+                    break
+                await asyncio.sleep(0.05)
         left = server.busy()
         if left:
             log.warning("drain timeout: closing %d connections still busy", left)
         for client in list(server.clients):
             client.abort() if client.active is not None or client.tunnel else client.close()
         log.info("drained; exiting")
+
+    def close_idle(self) -> int:
+        """Close keep-alive connections idle for ``IDLE_GRACE``; count the other
+        connections that are not busy yet (idle for less, or sending a head)."""
+        now = time.monotonic()
+        young = 0
+        for client in list(self.server.clients):
+            if client.active is not None or client.tunnel is not None or client.closing:
+                continue
+            idle = client.awaiting_head and not client.head_bytes
+            if idle and now - client.idle_since >= IDLE_GRACE:
+                client.close()
+            else:
+                young += 1
+        return young
+
+    # ---- hitless upgrade ---------------------------------------------------------------
+
+    def listen_for_upgrades(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.upgrade_path is not None
+
+        def provide() -> tuple[list[socket.socket], socket.socket | None, dict[str, Any]]:
+            async def snap() -> dict[str, Any]:
+                return handover.snapshot(self.server)
+
+            state = asyncio.run_coroutine_threadsafe(snap(), loop).result(10)
+            if self.args.keys is None:  # a random key: pins survive only if it travels
+                state["keys"] = handover.dump_keys(self.server.codec.keyring)
+            return self.socks, self.admin_sock, {"workers": [state]}
+
+        def handed_over() -> None:
+            loop.call_soon_threadsafe(self.hand_over)
+
+        self.upgrade = UpgradeListener(self.upgrade_path, provide, handed_over)
+        try:
+            self.upgrade.bind()
+        except UpgradeError as error:
+            log.error("%s; hitless upgrade is off for this process", error)
+            self.upgrade = None
+            return
+        self.upgrade.start()
+        log.info("upgrade socket %s (a new router takes over with --takeover)", self.upgrade_path)
+
+    def hand_over(self) -> None:
+        self.handed_over = True
+        self.stop.set()
+
+    def answer_state(self) -> None:
+        """The supervisor asks for this worker's state (a takeover is under way)."""
+        sock = self.state_sock
+        assert sock is not None
+        try:
+            line = sock.recv(64)
+        except BlockingIOError:
+            return
+        if not line:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            return
+        state = handover.snapshot(self.server)
+        if self.args.keys is None:  # a random key: pins survive only if it travels
+            state["keys"] = handover.dump_keys(self.server.codec.keyring)
+        blob = json.dumps(state).encode() + b"\n"
+        sock.setblocking(True)
+        try:
+            sock.sendall(blob)
+        finally:
+            sock.setblocking(False)
+
+    def spawn_successor(self) -> None:
+        """SIGUSR2 on a single-process router: start a router that takes over from us."""
+        from skewless.router.upgrade import spawn_successor
+
+        if self.upgrade is None or self.handed_over:
+            log.error("SIGUSR2 ignored: no upgrade socket, or already handed over")
+            return
+        self.successor = spawn_successor(self.args.argv, self.upgrade.path)

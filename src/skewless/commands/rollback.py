@@ -1,0 +1,9 @@
+"""``skewless rollback APP``: see ``action.SUMMARY``."""
+
+from __future__ import annotations
+
+from skewless.commands.action import run_action
+
+
+def main(argv: list[str]) -> int:
+    return run_action("rollback", argv)
