@@ -19,6 +19,15 @@ Retry: an exchange that could not connect to its instance has not sent a byte, s
 tries another eligible instance of the same version (at most ``MAX_ATTEMPTS``). Once any
 byte was written to an instance the exchange never moves.
 
+The replay lane: clients repeat their requests byte for byte on a keep-alive connection
+(the same path, headers and cookie). When a read is byte-identical to the previous read,
+which was exactly one request without a body that httptools parsed and we accepted, and
+the parser is at a message boundary (``boundary``), the earlier parse is reused
+(``memo``) and httptools is not called: identical bytes in the same parser state parse
+identically. The parser is at a boundary after a read whose last request ended, with no
+body, exactly at the end of the read (llhttp skips bare CRLFs between messages, and any
+other byte after it would have started or failed a new message).
+
 Failures: no eligible instance -> 503 + Retry-After; no response head within the upstream
 timeout -> 504; the instance fails before the response head -> 502; it fails after the
 head -> the client connection is closed (the client sees a short body or a missing final
@@ -59,6 +68,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skewless.router")
 
+RequestMemo = tuple[
+    bytes, bool, bool, bytes, bytes, "bytes | None", "bytes | None", frozenset[bytes]
+]
+"""(method, close asked, HTTP/1.1, head for the instance, host, cookie, pin header, the
+pin header names it was parsed with) of a request without a body."""
+
 
 class Refusal(Exception):
     """Raised inside a parser callback: answer ``status`` and close."""
@@ -74,6 +89,8 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "active",
         "awaiting_head",
+        "boundary",
+        "cand",
         "chunked",
         "closing",
         "fwd_host",
@@ -82,6 +99,7 @@ class ClientProtocol(asyncio.Protocol):
         "head_size",
         "head_started",
         "headers",
+        "heads",
         "http11",
         "idle_since",
         "ip",
@@ -89,6 +107,7 @@ class ClientProtocol(asyncio.Protocol):
         "last_head",
         "last_headers",
         "last_version",
+        "memo",
         "out",
         "parser",
         "paused",
@@ -149,6 +168,13 @@ class ClientProtocol(asyncio.Protocol):
         self.to_start: tuple[Exchange, bytes, bytes | None, bytes | None] | None = None
         self.http11 = True
         self.ip = b"unknown"
+        self.boundary = True
+        """The parser holds no byte of an unfinished request (see the replay lane)."""
+        self.heads = 0
+        """Request heads completed in the current read."""
+        self.cand: RequestMemo | None = None
+        self.memo: tuple[bytes, RequestMemo] | None = None
+        """(raw read, its parse) for the replay lane."""
 
     def __repr__(self) -> str:
         return f"ClientProtocol({self.ip.decode()} active={self.active!r} paused={self.paused})"
@@ -193,6 +219,22 @@ class ClientProtocol(asyncio.Protocol):
             self.upgrade_buffer.append(data)
             self.pause(PAUSE_UPGRADE)
             return
+        memo = self.memo
+        if (
+            memo is not None
+            and data == memo[0]
+            and self.boundary
+            and self.active is None
+            and self.refusal is None
+            and not self.closing
+            and memo[1][7] is self.server.pin_headers
+        ):
+            self.replay(memo[1])
+            return
+        was_boundary = self.boundary
+        self.boundary = False
+        self.heads = 0
+        self.cand = None
         if self.awaiting_head:
             if not self.head_bytes:
                 self.head_started = self.server.mono
@@ -220,15 +262,36 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.refuse(400, str(error) or "malformed request")
             return
-        if self.awaiting_head and self.head_bytes > self.server.max_head:
-            self.refuse(431, "request head too large")
-            return
+        if self.awaiting_head:
+            if self.head_bytes > self.server.max_head:
+                self.refuse(431, "request head too large")
+                return
+            if data.endswith(b"\r\n\r\n"):
+                self.boundary = True
+                cand = self.cand
+                if was_boundary and self.heads == 1 and cand is not None:
+                    self.memo = (data, cand)
         pending = self.to_start
         if pending is not None:
             self.to_start = None
             ex = pending[0]
             if self.active is ex and not ex.done:
                 ex.start(pending[1], pending[2], pending[3])
+
+    def replay(self, memo: RequestMemo) -> None:
+        """The replay lane: what ``on_headers_complete`` and ``on_message_complete`` did
+        for the same bytes, without parsing them again."""
+        method, close, http11, head, host, cookie, captured, _ = memo
+        server = self.server
+        ex = Exchange(self, method, False, close or server.draining, False)
+        ex.head = head
+        ex.request_done = True
+        self.http11 = http11
+        self.chunked = False
+        self.receiving = ex
+        self.active = ex
+        self.idle_since = server.mono
+        ex.start(host, cookie, captured)
 
     def start_parsed(self) -> None:
         pending = self.to_start
@@ -321,6 +384,18 @@ class ClientProtocol(asyncio.Protocol):
             out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
         out.append(b"\r\n")
         ex.head = b"\r\n".join(out)
+        self.heads += 1
+        if not chunked and head.content_length <= 0 and not head.upgrade:
+            self.cand = (
+                method,
+                head.close,
+                self.http11,
+                ex.head,
+                head.host,
+                head.cookie,
+                head.captured,
+                server.pin_headers,
+            )
         self.receiving = ex
         if self.active is None:
             # Started once this read is parsed: a request whose bytes all came together is

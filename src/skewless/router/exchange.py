@@ -20,6 +20,9 @@ from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
 
+ResponseMemo = tuple[int, bytes, int, bytes, ResponseHead, bytes]
+"""(size of the whole response, raw head, status, reason, parsed head, rendered block)."""
+
 if TYPE_CHECKING:
     from skewless.router.client import ClientProtocol
     from skewless.router.instance import Instance
@@ -85,6 +88,9 @@ class Exchange:
     sent_at = 0.0
     stats: VersionStats | None = None
     is_head = False
+    memo: tuple[int, bytes, ResponseHead, bytes] | None = None
+    """(status, reason, parsed head, status line + forwarded lines) of the response head
+    httptools parsed, for the instance's replay lane."""
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -328,15 +334,35 @@ class Exchange:
     def response_head(
         self, status: int, reason: bytes, head: ResponseHead, conn: UpstreamProtocol
     ) -> None:
-        client = self.client
         if status == 101 and not self.upgrade:
             conn.close()
             self.upstream_failed("the instance switched protocols without being asked")
             return
+        block = b"\r\n".join([b"HTTP/1.1 %d %s" % (status, reason), *head.forward])
+        self.memo = (status, reason, head, block)
+        self.emit_head(status, block, head, conn)
+
+    def replay_response(self, memo: ResponseMemo, data: bytes) -> None:
+        """The replay lane (see ``skewless.router.upstream``): ``data`` is one whole
+        response whose head is byte-identical to ``memo``'s, which httptools parsed."""
+        _, raw, status, _, head, block = memo
+        conn = self.conn
+        assert conn is not None
+        self.emit_head(status, block, head, conn)
+        body = data[len(raw) :]
+        if body:
+            self.client.out.append(body)
+        self.response_complete(True)
+
+    def emit_head(
+        self, status: int, block: bytes, head: ResponseHead, conn: UpstreamProtocol
+    ) -> None:
+        """Our response head: ``block`` (status line and forwarded header lines), then
+        the router's own lines and the framing, into the client's output."""
+        client = self.client
         self.status = status
         self.response_started = True
-        lines = head.forward
-        lines.insert(0, b"HTTP/1.1 %d %s" % (status, reason))
+        lines = [block]
         app = self.app
         if not (
             self.extra

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from skewless.core.route_table import HealthCheck
 
 if TYPE_CHECKING:
+    from skewless.router.exchange import ResponseMemo
     from skewless.router.upstream import UpstreamProtocol
 
 MAX_IDLE = 512
@@ -32,6 +33,7 @@ class Instance:
         "id",
         "idle",
         "inflight",
+        "memo",
         "port",
         "removed",
         "state",
@@ -72,6 +74,9 @@ class Instance:
         self.ejected_until = 0.0
         self.health_task: object | None = None
         self.removed = False
+        self.memo: ResponseMemo | None = None
+        """The last response head parsed for this instance (the replay lane of
+        ``skewless.router.upstream``)."""
 
     def __repr__(self) -> str:
         return (
