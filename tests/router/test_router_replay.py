@@ -11,6 +11,7 @@ from typing import Any
 
 from skewless.core.pin import PinCodec, parse_keys
 from skewless.core.route_table import parse_route_table
+from skewless.router import clock
 from skewless.router.client import ClientProtocol
 from skewless.router.server import Options, RouterServer
 from skewless.router.upstream import UpstreamProtocol
@@ -68,6 +69,7 @@ class Rig:
 
     def __init__(self, lanes: bool = True) -> None:
         self.lanes = lanes
+        clock.advance()  # the coarse clock a worker's sweep advances
         self.codec = PinCodec(KEYS)
         self.server = RouterServer(self.codec, Options())
         self.server.apply_table(self.table())
