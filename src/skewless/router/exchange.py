@@ -20,8 +20,9 @@ from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
 
-ResponseMemo = tuple[int, bytes, int, bytes, ResponseHead, bytes]
-"""(size of the whole response, raw head, status, reason, parsed head, rendered block)."""
+ResponseMemo = tuple[int, bytes, int, bytes, ResponseHead, bytes, bytes]
+"""(size of the whole response, raw head, status, reason, parsed head, rendered block,
+our whole head when we add nothing but the version)."""
 
 if TYPE_CHECKING:
     from skewless.router.client import ClientProtocol
@@ -345,14 +346,36 @@ class Exchange:
     def replay_response(self, memo: ResponseMemo, data: bytes) -> None:
         """The replay lane (see ``skewless.router.upstream``): ``data`` is one whole
         response whose head is byte-identical to ``memo``'s, which httptools parsed."""
-        _, raw, status, _, head, block = memo
-        conn = self.conn
-        assert conn is not None
-        self.emit_head(status, block, head, conn)
-        body = data[len(raw) :]
-        if body:
-            self.client.out.append(body)
+        _, raw, status, _, head, block, plain = memo
+        client = self.client
+        if (
+            self.extra is None
+            and not self.close_after
+            and not self.upgrade
+            and client.http11
+            and not client.server.draining
+        ):
+            # nothing of ours beyond the version: the head rendered once for the memo
+            self.status = status
+            self.response_started = True
+            client.out.append(plain + data[len(raw) :])
+        else:
+            conn = self.conn
+            assert conn is not None
+            self.emit_head(status, block, head, conn)
+            client.out.append(data[len(raw) :])
         self.response_complete(True)
+
+    def response_memo(self, raw: bytes) -> ResponseMemo | None:
+        """The replay lane's memo of the response just parsed, whose head is ``raw``."""
+        memo = self.memo
+        if memo is None:
+            return None
+        status, reason, head, block = memo
+        length = head.content_length
+        plain = block + b"\r\nSkewless-Version: " + self.version_b
+        plain += b"\r\nContent-Length: %d\r\n\r\n" % length
+        return (len(raw) + length, raw, status, reason, head, block, plain)
 
     def emit_head(
         self, status: int, block: bytes, head: ResponseHead, conn: UpstreamProtocol

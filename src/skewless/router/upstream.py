@@ -200,12 +200,11 @@ class UpstreamProtocol(asyncio.Protocol):
                 if (
                     keep_alive
                     and ex is not None
-                    and ex.memo is not None
                     and not ex.is_head
                     and status != 204
                     and status != 304
                 ):
-                    self.instance.memo = (len(raw) + ex.memo[2].content_length, raw, *ex.memo)
+                    self.instance.memo = ex.response_memo(raw)
         if ex is not None:
             ex.response_complete(keep_alive)
 
