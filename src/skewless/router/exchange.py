@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from skewless.core.http_framing import ResponseHead
 from skewless.core.model import VersionState
-from skewless.core.pin import Pin, find_cookie
+from skewless.core.pin import Pin
 from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
@@ -189,17 +189,14 @@ class Exchange:
         now = clock.wall
         pin = None
         if app.pin:
-            token = pin_value
-            via_header = token is not None
-            if token is None and cookie is not None:
-                token = find_cookie(cookie, app.cookie_b)
-            if token:
-                pin = server.codec.verify(app.name, token, now, app.idle, app.life)
-            if pin is None and via_header and cookie is not None:
-                # junk in the header does not throw away a valid cookie pin
-                token = find_cookie(cookie, app.cookie_b)
-                if token:
-                    pin = server.codec.verify(app.name, token, now, app.idle, app.life)
+            via_header = pin_value is not None
+            if pin_value:
+                pin = server.codec.verify(app.name, pin_value, now, app.idle, app.life)
+            if pin is None and cookie is not None:
+                # (junk in the header does not throw away a valid cookie pin either)
+                pin = server.codec.verify_cookie(
+                    app.name, cookie, app.cookie_b, now, app.idle, app.life
+                )
             if pin is not None:
                 pool = app.policy.pools.get(pin.version)
                 if pool is not None and pool.state is not RETIRED:
