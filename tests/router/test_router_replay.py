@@ -167,8 +167,9 @@ def test_repeated_request_and_response_take_both_lanes() -> None:
         )
         assert b"Skewless-Version: v1\r\n" in answer
     assert len(set(outputs[::2])) == 1 and len(set(outputs[1::2])) == 1
-    # the first read on each side is parsed; the three repeats are replayed
-    assert (on.client_parses, on.upstream_parses) == (1, 1)
+    # a read seen twice in a row becomes a memo: the first two reads on each side are
+    # parsed, the other two replayed
+    assert (on.client_parses, on.upstream_parses) == (2, 2)
     assert (off.client_parses, off.upstream_parses) == (4, 4)
     assert on.server.stats[("shop", "v1")].requests == 4
     assert on.inst.inflight == 0 and on.inst.idle == [on.up]
@@ -185,12 +186,14 @@ def test_a_changed_response_is_parsed_and_becomes_the_new_memo() -> None:
         ("u", response(date=later)),
         ("c", get()),
         ("u", response(date=later)),
+        ("c", get()),
+        ("u", response(date=later)),
     ]
     outputs, on, _ = play(steps)
     assert outputs[3].endswith(b"a longer body than before\n")
     assert b"Content-Length: 26\r\n" in outputs[3]
     assert b"Date: " + later in outputs[7]
-    assert on.upstream_parses == 3  # the last read replays the head of the third
+    assert on.upstream_parses == 4  # the fourth makes the third's head a memo; replayed
 
 
 def test_head_request_never_replays_a_get_response() -> None:
@@ -224,9 +227,9 @@ def test_body_split_over_reads_then_replayed() -> None:
     ]
     outputs, on, _ = play(steps)
     assert b"".join(outputs[1:4]).endswith(b"hello, world\n")
-    # the body ended exactly where a read ended: the head is memorised and the next two
-    # whole responses are replayed
-    assert on.upstream_parses == 3
+    # the body ended exactly where a read ended: the parser is at a boundary, the next
+    # response (the same head again) makes a memo and the one after is replayed
+    assert on.upstream_parses == 4
     assert on.up.boundary
 
 
@@ -270,13 +273,15 @@ def test_pipelined_requests_are_parsed_and_answered_in_order() -> None:
         ("u", response()),
         ("c", get()),
         ("u", response()),
+        ("c", get()),
+        ("u", response()),
     ]
     outputs, on, _ = play(steps)
     assert b"X-Second" not in outputs[0]
     assert outputs[1].endswith(b"first\n")
     assert outputs[2].endswith(b"second\n")
     assert b"X-Second: 1\r\n" in outputs[3]  # sent once the first was answered
-    assert on.client_parses == 2  # two requests in one read are no memo; the next is
+    assert on.client_parses == 3  # two requests in one read are no memo; two single ones are
 
 
 def test_requests_with_a_body_or_split_heads_are_parsed() -> None:
@@ -294,11 +299,13 @@ def test_requests_with_a_body_or_split_heads_are_parsed() -> None:
         ("u", response()),
         ("c", req),
         ("u", response()),
+        ("c", req),
+        ("u", response()),
     ]
     outputs, on, _ = play(steps)
     assert outputs[0].endswith(b"\r\n\r\nabc") and outputs[2].endswith(b"\r\n\r\nabc")
     assert outputs[5].startswith(b"GET / HTTP/1.1")
-    assert on.client_parses == 5  # POST x2, the split head (2 reads), then a memo
+    assert on.client_parses == 6  # POST x2, the split head (2 reads), twice to memorise
 
 
 def test_draining_router_closes_a_replayed_request() -> None:
@@ -309,7 +316,7 @@ def test_draining_router_closes_a_replayed_request() -> None:
     on.server.draining = True
     on.client_reads(on.request())
     answer = on.upstream_reads(response())
-    assert on.client_parses == 1
+    assert on.client_parses == 2
     assert b"Connection: close\r\n" in answer and on.client_t.closed
 
 
@@ -320,7 +327,7 @@ def test_reload_with_new_pin_headers_parses_again() -> None:
         on.upstream_reads(response())
     on.server.apply_table(on.table())  # a new table: the pin header set may differ
     on.client_reads(on.request())
-    assert on.client_parses == 2
+    assert on.client_parses == 3
     assert on.upstream_reads(response()).endswith(b"hello, world\n")
 
 
@@ -333,3 +340,13 @@ def test_bad_request_after_a_memo_is_refused() -> None:
     assert sent == b""
     answer = on.client_t.take()
     assert answer.startswith(b"HTTP/1.1 400 ") and on.client_t.closed
+
+
+def test_reads_that_always_differ_make_no_memo() -> None:
+    steps = []
+    for i in range(4):
+        steps += [("c", get(b"X-N: %d\r\n" % i)), ("u", response(b"body %d\n" % i * (i + 1)))]
+    outputs, on, _ = play(steps)
+    assert outputs[-1].endswith(b"body 3\n" * 4)
+    assert on.client.memo is None and on.inst.memo is None
+    assert (on.client_parses, on.upstream_parses) == (4, 4)

@@ -90,7 +90,6 @@ class ClientProtocol(asyncio.Protocol):
         "active",
         "awaiting_head",
         "boundary",
-        "cand",
         "chunked",
         "closing",
         "fwd_host",
@@ -106,6 +105,7 @@ class ClientProtocol(asyncio.Protocol):
         "last_capture",
         "last_head",
         "last_headers",
+        "last_rest",
         "last_version",
         "memo",
         "out",
@@ -121,6 +121,7 @@ class ClientProtocol(asyncio.Protocol):
         "rc_pool",
         "receiving",
         "refusal",
+        "seen",
         "server",
         "to_start",
         "transport",
@@ -154,6 +155,8 @@ class ClientProtocol(asyncio.Protocol):
         self.last_version = ""
         self.last_capture: frozenset[bytes] | None = None
         self.last_head: RequestHead | None = None
+        self.last_rest: bytes | None = None
+        """The upstream head after the request line, rendered for ``last_head``."""
         self.fwd_host: bytes | None = None
         self.fwd_lines = b""
         # the route cache of the fast lane in Exchange.start
@@ -172,7 +175,8 @@ class ClientProtocol(asyncio.Protocol):
         """The parser holds no byte of an unfinished request (see the replay lane)."""
         self.heads = 0
         """Request heads completed in the current read."""
-        self.cand: RequestMemo | None = None
+        self.seen = b""
+        """The last read that was exactly one request: a memo once it comes twice."""
         self.memo: tuple[bytes, RequestMemo] | None = None
         """(raw read, its parse) for the replay lane."""
 
@@ -234,7 +238,6 @@ class ClientProtocol(asyncio.Protocol):
         was_boundary = self.boundary
         self.boundary = False
         self.heads = 0
-        self.cand = None
         if self.awaiting_head:
             if not self.head_bytes:
                 self.head_started = self.server.mono
@@ -268,15 +271,38 @@ class ClientProtocol(asyncio.Protocol):
                 return
             if data.endswith(b"\r\n\r\n"):
                 self.boundary = True
-                cand = self.cand
-                if was_boundary and self.heads == 1 and cand is not None:
-                    self.memo = (data, cand)
+                if was_boundary and self.heads == 1:
+                    if data == self.seen:  # the same request twice in a row: memorise
+                        self.remember(data)
+                    else:
+                        self.seen = data
         pending = self.to_start
         if pending is not None:
             self.to_start = None
             ex = pending[0]
             if self.active is ex and not ex.done:
                 ex.start(pending[1], pending[2], pending[3])
+
+    def remember(self, data: bytes) -> None:
+        """Make ``data`` (one whole request, just parsed) the replay lane's memo, if it
+        has no body and asks for no upgrade."""
+        head = self.last_head
+        ex = self.receiving
+        if head is None or ex is None or head.chunked or head.content_length > 0 or head.upgrade:
+            return
+        self.memo = (
+            data,
+            (
+                ex.method,
+                head.close,
+                self.http11,
+                ex.head,
+                head.host,
+                head.cookie,
+                head.captured,
+                self.last_capture,
+            ),
+        )
 
     def replay(self, memo: RequestMemo) -> None:
         """The replay lane: what ``on_headers_complete`` and ``on_message_complete`` did
@@ -351,9 +377,11 @@ class ClientProtocol(asyncio.Protocol):
                 and server.pin_headers is self.last_capture
             ):
                 head = self.last_head
+                rest = self.last_rest
                 if url[:1] != b"/" or b" " in url or b"\t" in url:
                     check_target(method, url)
             else:
+                rest = None
                 head = parse_request_head(headers, version, method, url, server.pin_headers)
                 self.last_headers = headers
                 self.last_version = version
@@ -371,31 +399,22 @@ class ClientProtocol(asyncio.Protocol):
             chunked or head.content_length > 0,
         )
         # the head we send upstream: forwarded headers + our framing and forwarding
-        out = [method + b" " + url + b" HTTP/1.1", *head.forward]
-        if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
-            out.append(self.fwd_lines)  # the same as this connection's last request
-        else:
-            out.append(self.forwarding(head.host, head.xff, head.forwarded))
-        if chunked:
-            out.append(b"Transfer-Encoding: chunked")
-        elif head.content_length >= 0:
-            out.append(b"Content-Length: %d" % head.content_length)
-        if head.upgrade:
-            out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
-        out.append(b"\r\n")
-        ex.head = b"\r\n".join(out)
+        if rest is None:
+            out = [*head.forward]
+            if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
+                out.append(self.fwd_lines)  # the same as this connection's last request
+            else:
+                out.append(self.forwarding(head.host, head.xff, head.forwarded))
+            if chunked:
+                out.append(b"Transfer-Encoding: chunked")
+            elif head.content_length >= 0:
+                out.append(b"Content-Length: %d" % head.content_length)
+            if head.upgrade:
+                out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
+            out.append(b"\r\n")
+            rest = self.last_rest = b"\r\n".join(out)
+        ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", rest))
         self.heads += 1
-        if not chunked and head.content_length <= 0 and not head.upgrade:
-            self.cand = (
-                method,
-                head.close,
-                self.http11,
-                ex.head,
-                head.host,
-                head.cookie,
-                head.captured,
-                server.pin_headers,
-            )
         self.receiving = ex
         if self.active is None:
             # Started once this read is parsed: a request whose bytes all came together is

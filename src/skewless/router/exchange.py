@@ -89,9 +89,9 @@ class Exchange:
     sent_at = 0.0
     stats: VersionStats | None = None
     is_head = False
-    memo: tuple[int, bytes, ResponseHead, bytes] | None = None
-    """(status, reason, parsed head, status line + forwarded lines) of the response head
-    httptools parsed, for the instance's replay lane."""
+    memo: tuple[int, bytes, ResponseHead] | None = None
+    """(status, reason, parsed head) of the response head httptools parsed, for the
+    instance's replay lane."""
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -336,9 +336,8 @@ class Exchange:
             conn.close()
             self.upstream_failed("the instance switched protocols without being asked")
             return
-        block = b"\r\n".join([b"HTTP/1.1 %d %s" % (status, reason), *head.forward])
-        self.memo = (status, reason, head, block)
-        self.emit_head(status, block, head, conn)
+        self.memo = (status, reason, head)
+        self.emit_head(status, [b"HTTP/1.1 %d %s" % (status, reason), *head.forward], head, conn)
 
     def replay_response(self, memo: ResponseMemo, data: bytes) -> None:
         """The replay lane (see ``skewless.router.upstream``): ``data`` is one whole
@@ -359,7 +358,7 @@ class Exchange:
         else:
             conn = self.conn
             assert conn is not None
-            self.emit_head(status, block, head, conn)
+            self.emit_head(status, [block], head, conn)
             client.out.append(data[len(raw) :])
         self.response_complete(True)
 
@@ -368,21 +367,22 @@ class Exchange:
         memo = self.memo
         if memo is None:
             return None
-        status, reason, head, block = memo
+        status, reason, head = memo
+        block = b"\r\n".join([b"HTTP/1.1 %d %s" % (status, reason), *head.forward])
         length = head.content_length
         plain = block + b"\r\nSkewless-Version: " + self.version_b
         plain += b"\r\nContent-Length: %d\r\n\r\n" % length
         return (len(raw) + length, raw, status, reason, head, block, plain)
 
     def emit_head(
-        self, status: int, block: bytes, head: ResponseHead, conn: UpstreamProtocol
+        self, status: int, lines: list[bytes], head: ResponseHead, conn: UpstreamProtocol
     ) -> None:
-        """Our response head: ``block`` (status line and forwarded header lines), then
-        the router's own lines and the framing, into the client's output."""
+        """Our response head: ``lines`` (the status line and forwarded header lines, a
+        list of ours to extend), then the router's own lines and the framing, into the
+        client's output."""
         client = self.client
         self.status = status
         self.response_started = True
-        lines = [block]
         app = self.app
         if not (
             self.extra

@@ -36,6 +36,7 @@ class Instance:
         "memo",
         "port",
         "removed",
+        "seen",
         "state",
         "streak",
         "version",
@@ -77,6 +78,8 @@ class Instance:
         self.memo: ResponseMemo | None = None
         """The last response head parsed for this instance (the replay lane of
         ``skewless.router.upstream``)."""
+        self.seen = b""
+        """The last response head parsed: a memo once it comes twice in a row."""
 
     def __repr__(self) -> str:
         return (

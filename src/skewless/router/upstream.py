@@ -7,7 +7,8 @@ stops being read; when the client's write buffer fills, this connection stops re
 
 The replay lane: an app answers the same response head again and again (only ``Date``
 changes, once a second). When a read is exactly one response whose head is
-byte-identical to one httptools already parsed for this instance (``Instance.memo``),
+byte-identical to one httptools already parsed for this instance (``Instance.memo``,
+made when a head came twice in a row, so that heads that always differ cost no memo),
 and the parser is at a message boundary, the earlier parse is reused and httptools is
 not called: identical bytes in the same parser state parse identically, so framing stays
 as strict as httptools makes it. The parser is known to be at a boundary only when the
@@ -204,7 +205,11 @@ class UpstreamProtocol(asyncio.Protocol):
                     and status != 204
                     and status != 304
                 ):
-                    self.instance.memo = ex.response_memo(raw)
+                    instance = self.instance
+                    if raw == instance.seen:  # the same head twice in a row: memorise
+                        instance.memo = ex.response_memo(raw)
+                    else:
+                        instance.seen = raw
         if ex is not None:
             ex.response_complete(keep_alive)
 
