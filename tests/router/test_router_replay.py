@@ -6,8 +6,12 @@ produce with the lanes turned off, and a counting parser shows which lane was ta
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from typing import Any
+
+from router_harness import instance, read_response, table, version
 
 from skewless.core.pin import PinCodec, parse_keys
 from skewless.core.route_table import parse_route_table
@@ -350,3 +354,28 @@ def test_reads_that_always_differ_make_no_memo() -> None:
     assert outputs[-1].endswith(b"body 3\n" * 4)
     assert on.client.memo is None and on.inst.memo is None
     assert (on.client_parses, on.upstream_parses) == (4, 4)
+
+
+def test_real_router_repeats_and_alternations(backend_factory: Any, router_factory: Any) -> None:
+    """Through the router process and real sockets: repeated and alternating requests on
+    one keep-alive connection (the lanes on both sides) each get their own answer."""
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    paths = ["/a"] * 5 + ["/bb", "/a", "/bb", "/bb", "/bb", "/a", "/a"] + ["/c"] * 3
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        cookie = ""
+        for path in paths:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x{cookie}\r\n\r\n".encode())
+            status, headers, body = read_response(s)
+            assert status == 200 and headers["skewless-version"] == "v1"
+            assert json.loads(body)["path"] == path
+            if "set-cookie" in headers:  # the first answer pins; then the same cookie
+                cookie = "\r\nCookie: " + headers["set-cookie"].split(";")[0]
+        s.sendall(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.count(b"HTTP/1.1 200") == 2 and b'"/a"' in data
