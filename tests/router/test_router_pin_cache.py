@@ -82,3 +82,14 @@ def test_cached_answers_equal_fresh_verification(
         now = NOW + issued + dt
         got = c.verify_cookie(app, header, name, now, idle, life)
         assert got == fresh(app, header, name, now, idle, life)
+
+
+def test_a_header_is_kept_from_its_second_sighting() -> None:
+    token = PinCodec(KEYS).issue("shop", "v1", NOW).token
+    header = b"skewless-shop=" + token
+    c = PinCodec(KEYS)
+    first = c.verify_cookie("shop", header, b"skewless-shop", NOW, IDLE, LIFE)
+    assert first is not None and header not in c._cookies
+    assert c.verify_cookie("shop", header, b"skewless-shop", NOW, IDLE, LIFE) == first
+    assert header in c._cookies
+    assert c.verify_cookie("shop", header, b"skewless-shop", NOW + 1, IDLE, LIFE) == first

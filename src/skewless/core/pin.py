@@ -23,8 +23,8 @@ The router re-issues a valid pin (same ``SID`` and ``IAT``, new ``SEEN``) once i
 ``refresh_after`` seconds old, so the idle expiry slides with activity while signing
 stays rare. Verified tokens are kept in a bounded cache, so a pin already seen costs a
 dict lookup and an expiry check, not an HMAC; ``verify_cookie`` also keeps the raw
-``Cookie`` header values it found a valid pin in, with the pin's validity window
-precomputed, so a client repeating its cookies costs one dict lookup and two comparisons
+``Cookie`` header values it found an already verified pin in, with the pin's validity
+window precomputed, so a client repeating its cookies costs one dict lookup and two comparisons
 (no cookie parsing either). Rotating keys builds a new ``PinCodec`` (and so empty
 caches): a pin signed by a removed key stops being trusted at once.
 
@@ -256,8 +256,11 @@ class PinCodec:
         token = find_cookie(header, name)
         if not token:
             return None
+        known = token in self._cache
         pin = self.verify(app, token, now, idle_timeout, max_lifetime)
-        if pin is not None and len(header) <= MAX_COOKIE_CACHED:
+        # A header is kept from the second time its token is seen: a session's first
+        # request (or a client that never repeats its cookies) pays no entry.
+        if pin is not None and known and len(header) <= MAX_COOKIE_CACHED:
             cookies = self._cookies
             if len(cookies) >= COOKIE_CACHE_SIZE:
                 cookies.clear()
