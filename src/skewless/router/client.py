@@ -306,7 +306,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def replay(self, memo: RequestMemo) -> None:
         """The replay lane: what ``on_headers_complete`` and ``on_message_complete`` did
-        for the same bytes, without parsing them again."""
+        for the same bytes, without parsing them again.
+
+        Keep the two in step: a per-request step that is not a pure function of the bytes
+        (a counter, a limit, a timer, a flag of the server) added to those callbacks
+        must be added here too; a new check of the bytes themselves needs nothing.
+        """
         method, close, http11, head, host, cookie, captured, _ = memo
         server = self.server
         ex = Exchange(self, method, False, close or server.draining, False)

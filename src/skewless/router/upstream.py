@@ -103,6 +103,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 and data.startswith(memo[1])
                 and not ex.is_head
             ):
+                # keep in step with on_headers_complete / on_message_complete
                 ex.replay_response(memo, data)
                 client.flush()
                 return
