@@ -9,7 +9,10 @@ wrk drives it at each connection count with every request carrying a valid pin c
 session). HAProxy, nginx and wrk are installed from Debian packages if missing.
 
 Prints requests/s and p50/p99 latency per proxy and connection count, each as a ratio
-to HAProxy's figure in the same run. Then skewless with ``--workers 2`` on both cores
+to HAProxy's figure in the same run. wrk repeats one request byte for byte, which is the
+best case for the router's replay lane (``skewless.router.client``); the "varied" rows
+give every request its own path (a wrk Lua script), so every request is parsed, and
+compare it with HAProxy driven the same way. Then skewless with ``--workers 2`` on both cores
 (sharing them with wrk and the origin, so it shows contention as much as scaling).
 Numbers are only comparable within one run: the machine and its neighbours vary.
 """
@@ -240,7 +243,18 @@ def group_cpu(pgid: int) -> float:
     return total / TICK
 
 
-def wrk(port: int, conns: int, duration: float, cookie: str) -> dict[str, float]:
+VARY = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/item/" .. n)
+end
+"""
+
+
+def wrk(
+    port: int, conns: int, duration: float, cookie: str, script: str | None = None
+) -> dict[str, float]:
     out = subprocess.run(
         [
             "taskset",
@@ -253,6 +267,7 @@ def wrk(port: int, conns: int, duration: float, cookie: str) -> dict[str, float]
             "--latency",
             "-H",
             f"Cookie: {cookie}",
+            *(["-s", script] if script else []),
             f"http://127.0.0.1:{port}/",
         ],
         capture_output=True,
@@ -292,6 +307,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--conns", default="50,200")
     ap.add_argument("--no-workers", action="store_true", help="skip the --workers 2 rows")
+    ap.add_argument("--no-varied", action="store_true", help="skip the varied-path rows")
     args = ap.parse_args()
     ensure_tools()
     conns = [int(c) for c in args.conns.split(",")]
@@ -299,6 +315,8 @@ def main() -> int:
     results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="skewless-bench-") as t:
         tmp = Path(t)
+        vary = tmp / "vary.lua"
+        vary.write_text(VARY)
         origin_port = free_port()
         with process(origin(tmp, origin_port), ORIGIN_CORE, origin_port):
             runs: list[tuple[str, str]] = [
@@ -306,12 +324,15 @@ def main() -> int:
                 ("nginx", PROXY_CORE),
                 ("skewless", PROXY_CORE),
             ]
+            if not args.no_varied:
+                runs += [("haproxy varied", PROXY_CORE), ("skewless varied", PROXY_CORE)]
             if not args.no_workers:
                 runs.append(("skewless --workers 2", "0,1"))
             for name, cores in runs:
                 port = free_port()
                 env = None
-                if name == "haproxy":
+                script = str(vary) if "varied" in name else None
+                if name.startswith("haproxy"):
                     cmd = haproxy(tmp, port, origin_port)
                 elif name == "nginx":
                     cmd = nginx_proxy(tmp, port, origin_port)
@@ -320,10 +341,10 @@ def main() -> int:
                 with process(cmd, cores, port, env) as pgid:
                     if name.startswith("skewless"):
                         check_skewless(port, cookie)
-                    wrk(port, conns[0], 1.0, cookie)  # warm up
+                    wrk(port, conns[0], 1.0, cookie, script)  # warm up
                     for c in conns:
                         before = group_cpu(pgid)
-                        r = results[(name, c)] = wrk(port, c, args.duration, cookie)
+                        r = results[(name, c)] = wrk(port, c, args.duration, cookie, script)
                         used = group_cpu(pgid) - before
                         r["cpu_us"] = used / r["requests"] * 1e6 if r["requests"] else 0.0
                         print(
@@ -337,7 +358,7 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, c), r in results.items():
-        base = results[("haproxy", c)]
+        base = results[("haproxy varied" if "varied" in name else "haproxy", c)]
         label = name + (" (2 cores, shared with wrk)" if "workers" in name else " (1 core)")
         print(
             f"| {label} | {c} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['p50']:.2f} | "
@@ -346,7 +367,8 @@ def main() -> int:
         )
     print()
     print(
-        f"wrk -t1 --latency, {args.duration:g} s per cell, every request with a valid pin cookie; "
+        f"wrk -t1 --latency, {args.duration:g} s per cell, every request with a valid pin cookie "
+        "(varied rows: a new path per request, compared with HAProxy varied); "
         f"origin and wrk on core {ORIGIN_CORE}, proxies on core {PROXY_CORE}. CPU us/req: user +"
         " system time of the proxy's processes per request answered (robust to other load on"
         " the machine, unlike req/s)."

@@ -47,6 +47,7 @@ class Backend(Protocol):
 
 
 B = TypeVar("B", bound=Backend)
+_RETIRED = VersionState.RETIRED
 
 ROUTED = 0
 """A valid pin, honoured."""
@@ -130,7 +131,7 @@ def decide(policy: AppPolicy[B], pinned: str | None, r: float) -> tuple[VersionP
     if pinned is None:
         return assign(policy, r), NEW
     pool = policy.pools.get(pinned)
-    if pool is not None and pool.state is not VersionState.RETIRED:
+    if pool is not None and pool.state is not _RETIRED:
         return pool, ROUTED
     return assign(policy, r), REPINNED
 

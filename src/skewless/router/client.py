@@ -19,6 +19,15 @@ Retry: an exchange that could not connect to its instance has not sent a byte, s
 tries another eligible instance of the same version (at most ``MAX_ATTEMPTS``). Once any
 byte was written to an instance the exchange never moves.
 
+The replay lane: clients repeat their requests byte for byte on a keep-alive connection
+(the same path, headers and cookie). When a read is byte-identical to the previous read,
+which was exactly one request without a body that httptools parsed and we accepted, and
+the parser is at a message boundary (``boundary``), the earlier parse is reused
+(``memo``) and httptools is not called: identical bytes in the same parser state parse
+identically. The parser is at a boundary after a read whose last request ended, with no
+body, exactly at the end of the read (llhttp skips bare CRLFs between messages, and any
+other byte after it would have started or failed a new message).
+
 Failures: no eligible instance -> 503 + Retry-After; no response head within the upstream
 timeout -> 504; the instance fails before the response head -> 502; it fails after the
 head -> the client connection is closed (the client sees a short body or a missing final
@@ -60,6 +69,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skewless.router")
 
+RequestMemo = tuple[
+    bytes, bool, bool, bytes, bytes, "bytes | None", "bytes | None", frozenset[bytes]
+]
+"""(method, close asked, HTTP/1.1, head for the instance, host, cookie, pin header, the
+pin header names it was parsed with) of a request without a body."""
+
 
 class Refusal(Exception):
     """Raised inside a parser callback: answer ``status`` and close."""
@@ -75,6 +90,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "active",
         "awaiting_head",
+        "boundary",
         "chunked",
         "closing",
         "fwd_host",
@@ -83,13 +99,16 @@ class ClientProtocol(asyncio.Protocol):
         "head_size",
         "head_started",
         "headers",
+        "heads",
         "http11",
         "idle_since",
         "ip",
         "last_capture",
         "last_head",
         "last_headers",
+        "last_rest",
         "last_version",
+        "memo",
         "out",
         "parser",
         "paused",
@@ -103,6 +122,7 @@ class ClientProtocol(asyncio.Protocol):
         "rc_pool",
         "receiving",
         "refusal",
+        "seen",
         "server",
         "to_start",
         "transport",
@@ -136,6 +156,8 @@ class ClientProtocol(asyncio.Protocol):
         self.last_version = ""
         self.last_capture: frozenset[bytes] | None = None
         self.last_head: RequestHead | None = None
+        self.last_rest: bytes | None = None
+        """The upstream head after the request line, rendered for ``last_head``."""
         self.fwd_host: bytes | None = None
         self.fwd_lines = b""
         # the route cache of the fast lane in Exchange.start
@@ -150,6 +172,14 @@ class ClientProtocol(asyncio.Protocol):
         self.to_start: tuple[Exchange, bytes, bytes | None, bytes | None] | None = None
         self.http11 = True
         self.ip = b"unknown"
+        self.boundary = True
+        """The parser holds no byte of an unfinished request (see the replay lane)."""
+        self.heads = 0
+        """Request heads completed in the current read."""
+        self.seen = b""
+        """The last read that was exactly one request: a memo once it comes twice."""
+        self.memo: tuple[bytes, RequestMemo] | None = None
+        """(raw read, its parse) for the replay lane."""
 
     def __repr__(self) -> str:
         return f"ClientProtocol({self.ip.decode()} active={self.active!r} paused={self.paused})"
@@ -199,6 +229,21 @@ class ClientProtocol(asyncio.Protocol):
             self.upgrade_buffer.append(data)
             self.pause(PAUSE_UPGRADE)
             return
+        memo = self.memo
+        if (
+            memo is not None
+            and data == memo[0]
+            and self.boundary
+            and self.active is None
+            and self.refusal is None
+            and not self.closing
+            and memo[1][7] is self.server.pin_headers
+        ):
+            self.replay(memo[1])
+            return
+        was_boundary = self.boundary
+        self.boundary = False
+        self.heads = 0
         if self.awaiting_head:
             if not self.head_bytes:
                 self.head_started = self.server.mono
@@ -226,15 +271,64 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.refuse(400, str(error) or "malformed request")
             return
-        if self.awaiting_head and self.head_bytes > self.server.max_head:
-            self.refuse(431, "request head too large")
-            return
+        if self.awaiting_head:
+            if self.head_bytes > self.server.max_head:
+                self.refuse(431, "request head too large")
+                return
+            if data.endswith(b"\r\n\r\n"):
+                self.boundary = True
+                if was_boundary and self.heads == 1:
+                    if data == self.seen:  # the same request twice in a row: memorise
+                        self.remember(data)
+                    else:
+                        self.seen = data
         pending = self.to_start
         if pending is not None:
             self.to_start = None
             ex = pending[0]
             if self.active is ex and not ex.done:
                 ex.start(pending[1], pending[2], pending[3])
+
+    def remember(self, data: bytes) -> None:
+        """Make ``data`` (one whole request, just parsed) the replay lane's memo, if it
+        has no body and asks for no upgrade."""
+        head = self.last_head
+        ex = self.receiving
+        if head is None or ex is None or head.chunked or head.content_length > 0 or head.upgrade:
+            return
+        self.memo = (
+            data,
+            (
+                ex.method,
+                head.close,
+                self.http11,
+                ex.head,
+                head.host,
+                head.cookie,
+                head.captured,
+                self.last_capture,
+            ),
+        )
+
+    def replay(self, memo: RequestMemo) -> None:
+        """The replay lane: what ``on_headers_complete`` and ``on_message_complete`` did
+        for the same bytes, without parsing them again.
+
+        Keep the two in step: a per-request step that is not a pure function of the bytes
+        (a counter, a limit, a timer, a flag of the server) added to those callbacks
+        must be added here too; a new check of the bytes themselves needs nothing.
+        """
+        method, close, http11, head, host, cookie, captured, _ = memo
+        server = self.server
+        ex = Exchange(self, method, False, close or server.draining, False)
+        ex.head = head
+        ex.request_done = True
+        self.http11 = http11
+        self.chunked = False
+        self.receiving = ex
+        self.active = ex
+        self.idle_since = server.mono
+        ex.start(host, cookie, captured)
 
     def start_parsed(self) -> None:
         pending = self.to_start
@@ -297,9 +391,11 @@ class ClientProtocol(asyncio.Protocol):
                 and server.pin_headers is self.last_capture
             ):
                 head = self.last_head
+                rest = self.last_rest
                 if url[:1] != b"/" or b" " in url or b"\t" in url:
                     check_target(method, url)
             else:
+                rest = None
                 head = parse_request_head(headers, version, method, url, server.pin_headers)
                 self.last_headers = headers
                 self.last_version = version
@@ -317,19 +413,22 @@ class ClientProtocol(asyncio.Protocol):
             chunked or head.content_length > 0,
         )
         # the head we send upstream: forwarded headers + our framing and forwarding
-        out = [method + b" " + url + b" HTTP/1.1", *head.forward]
-        if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
-            out.append(self.fwd_lines)  # the same as this connection's last request
-        else:
-            out.append(self.forwarding(head.host, head.xff, head.forwarded))
-        if chunked:
-            out.append(b"Transfer-Encoding: chunked")
-        elif head.content_length >= 0:
-            out.append(b"Content-Length: %d" % head.content_length)
-        if head.upgrade:
-            out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
-        out.append(b"\r\n")
-        ex.head = b"\r\n".join(out)
+        if rest is None:
+            out = [*head.forward]
+            if head.xff is None and head.forwarded is None and head.host == self.fwd_host:
+                out.append(self.fwd_lines)  # the same as this connection's last request
+            else:
+                out.append(self.forwarding(head.host, head.xff, head.forwarded))
+            if chunked:
+                out.append(b"Transfer-Encoding: chunked")
+            elif head.content_length >= 0:
+                out.append(b"Content-Length: %d" % head.content_length)
+            if head.upgrade:
+                out.append(b"Connection: Upgrade\r\nUpgrade: websocket")
+            out.append(b"\r\n")
+            rest = self.last_rest = b"\r\n".join(out)
+        ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", rest))
+        self.heads += 1
         self.receiving = ex
         if self.active is None:
             # Started once this read is parsed: a request whose bytes all came together is

@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING
 
 from skewless.core.http_framing import ResponseHead
 from skewless.core.model import VersionState
-from skewless.core.pin import Pin, find_cookie
+from skewless.core.pin import Pin
 from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
+
+ResponseMemo = tuple[int, bytes, int, bytes, ResponseHead, bytes, bytes]
+"""(size of the whole response, raw head, status, reason, parsed head, rendered block,
+our whole head when we add nothing but the version)."""
 
 if TYPE_CHECKING:
     from skewless.router.client import ClientProtocol
@@ -89,6 +93,9 @@ class Exchange:
     sent_at = 0.0
     stats: VersionStats | None = None
     is_head = False
+    memo: tuple[int, bytes, ResponseHead] | None = None
+    """(status, reason, parsed head) of the response head httptools parsed, for the
+    instance's replay lane."""
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -187,17 +194,14 @@ class Exchange:
         now = clock.wall
         pin = None
         if app.pin:
-            token = pin_value
-            via_header = token is not None
-            if token is None and cookie is not None:
-                token = find_cookie(cookie, app.cookie_b)
-            if token:
-                pin = server.codec.verify(app.name, token, now, app.idle, app.life)
-            if pin is None and via_header and cookie is not None:
-                # junk in the header does not throw away a valid cookie pin
-                token = find_cookie(cookie, app.cookie_b)
-                if token:
-                    pin = server.codec.verify(app.name, token, now, app.idle, app.life)
+            via_header = pin_value is not None
+            if pin_value:
+                pin = server.codec.verify(app.name, pin_value, now, app.idle, app.life)
+            if pin is None and cookie is not None:
+                # (junk in the header does not throw away a valid cookie pin either)
+                pin = server.codec.verify_cookie(
+                    app.name, cookie, app.cookie_b, now, app.idle, app.life
+                )
             if pin is not None:
                 pool = app.policy.pools.get(pin.version)
                 if pool is not None and pool.state is not RETIRED:
@@ -333,15 +337,57 @@ class Exchange:
     def response_head(
         self, status: int, reason: bytes, head: ResponseHead, conn: UpstreamProtocol
     ) -> None:
-        client = self.client
         if status == 101 and not self.upgrade:
             conn.close()
             self.upstream_failed("the instance switched protocols without being asked")
             return
+        self.memo = (status, reason, head)
+        self.emit_head(status, [b"HTTP/1.1 %d %s" % (status, reason), *head.forward], head, conn)
+
+    def replay_response(self, memo: ResponseMemo, data: bytes) -> None:
+        """The replay lane (see ``skewless.router.upstream``): ``data`` is one whole
+        response whose head is byte-identical to ``memo``'s, which httptools parsed."""
+        _, raw, status, _, head, block, plain = memo
+        client = self.client
+        if (
+            self.extra is None
+            and not self.close_after
+            and not self.upgrade
+            and client.http11
+            and not client.server.draining
+        ):
+            # nothing of ours beyond the version: the head rendered once for the memo
+            self.status = status
+            self.response_started = True
+            client.out.append(plain + data[len(raw) :])
+        else:
+            conn = self.conn
+            assert conn is not None
+            self.emit_head(status, [block], head, conn)
+            client.out.append(data[len(raw) :])
+        self.response_complete(True)
+
+    def response_memo(self, raw: bytes) -> ResponseMemo | None:
+        """The replay lane's memo of the response just parsed, whose head is ``raw``."""
+        memo = self.memo
+        if memo is None:
+            return None
+        status, reason, head = memo
+        block = b"\r\n".join([b"HTTP/1.1 %d %s" % (status, reason), *head.forward])
+        length = head.content_length
+        plain = block + b"\r\nSkewless-Version: " + self.version_b
+        plain += b"\r\nContent-Length: %d\r\n\r\n" % length
+        return (len(raw) + length, raw, status, reason, head, block, plain)
+
+    def emit_head(
+        self, status: int, lines: list[bytes], head: ResponseHead, conn: UpstreamProtocol
+    ) -> None:
+        """Our response head: ``lines`` (the status line and forwarded header lines, a
+        list of ours to extend), then the router's own lines and the framing, into the
+        client's output."""
+        client = self.client
         self.status = status
         self.response_started = True
-        lines = head.forward
-        lines.insert(0, b"HTTP/1.1 %d %s" % (status, reason))
         app = self.app
         if not (
             self.extra

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from skewless.core.route_table import HealthCheck
 
 if TYPE_CHECKING:
+    from skewless.router.exchange import ResponseMemo
     from skewless.router.upstream import UpstreamProtocol
 
 MAX_IDLE = 512
@@ -34,8 +35,10 @@ class Instance:
         "id",
         "idle",
         "inflight",
+        "memo",
         "port",
         "removed",
+        "seen",
         "state",
         "streak",
         "version",
@@ -78,6 +81,11 @@ class Instance:
         self.drain_at = 0.0
         """UNIX time its tunnels get 1001 (``skewless.core.route_table.drain_deadline``)."""
         self.removed = False
+        self.memo: ResponseMemo | None = None
+        """The last response head parsed for this instance (the replay lane of
+        ``skewless.router.upstream``)."""
+        self.seen = b""
+        """The last response head parsed: a memo once it comes twice in a row."""
 
     def __repr__(self) -> str:
         return (

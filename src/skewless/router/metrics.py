@@ -13,6 +13,7 @@ from typing import Any
 
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 BOUNDS_S = tuple(b / 1000 for b in BUCKETS_MS)
+FIRST_BOUND = BOUNDS_S[0]
 
 
 class VersionStats:
@@ -54,7 +55,10 @@ class VersionStats:
         if status >= 500:
             self.errors_5xx += 1
         self.latency_sum += seconds
-        self.buckets[bisect_left(BOUNDS_S, seconds)] += 1
+        if seconds <= FIRST_BOUND:  # most requests: no bisect
+            self.buckets[0] += 1
+        else:
+            self.buckets[bisect_left(BOUNDS_S, seconds)] += 1
 
     def seen_session(self, session_id: str, now: float) -> None:
         self.sessions[session_id] = now

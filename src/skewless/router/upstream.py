@@ -4,6 +4,17 @@ It parses the instance's responses with httptools and hands each event to the
 ``Exchange`` it is bound to; between exchanges it sits in its instance's idle pool. After
 a ``101`` it becomes a raw tunnel. Backpressure: when its write buffer fills, the client
 stops being read; when the client's write buffer fills, this connection stops reading.
+
+The replay lane: an app answers the same response head again and again (only ``Date``
+changes, once a second). When a read is exactly one response whose head is
+byte-identical to one httptools already parsed for this instance (``Instance.memo``,
+made when a head came twice in a row, so that heads that always differ cost no memo),
+and the parser is at a message boundary, the earlier parse is reused and httptools is
+not called: identical bytes in the same parser state parse identically, so framing stays
+as strict as httptools makes it. The parser is known to be at a boundary only when the
+byte accounting of the previous message ended exactly at the end of a read (``boundary``);
+anything else (a chunked body, an interim response, a head split over reads, stray bytes
+after a response) turns the lane off for the rest of the connection.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ monotonic = time.monotonic
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
+        "boundary",
         "closed",
         "ex",
         "headers",
@@ -38,7 +50,9 @@ class UpstreamProtocol(asyncio.Protocol):
         "instance",
         "interim",
         "last_io",
+        "left",
         "parser",
+        "raw",
         "transport",
         "tunnel",
         "ws",
@@ -58,6 +72,12 @@ class UpstreamProtocol(asyncio.Protocol):
         self.ws: WsTunnel | None = None
         """After a 101: the tunnel, which follows frames to close it cleanly."""
         self.last_io = monotonic()
+        self.boundary = True
+        """The parser holds no byte of an unfinished message (see the replay lane)."""
+        self.raw: bytes | None = None
+        """The head of the message being parsed, when it started a read and is accounted."""
+        self.left = 0
+        """Bytes read minus bytes of the accounted message: 0 at its end = a boundary."""
 
     def __repr__(self) -> str:
         state = "tunnel" if self.tunnel else ("busy" if self.ex else "idle")
@@ -82,6 +102,24 @@ class UpstreamProtocol(asyncio.Protocol):
                 ex.client.write(data)
             return
         client = ex.client
+        if self.boundary:
+            memo = self.instance.memo
+            if (
+                memo is not None
+                and len(data) == memo[0]
+                and data.startswith(memo[1])
+                and not ex.is_head
+            ):
+                # keep in step with on_headers_complete / on_message_complete
+                ex.replay_response(memo, data)
+                client.flush()
+                return
+            self.boundary = False
+            end = data.find(b"\r\n\r\n")
+            self.raw = data[: end + 4] if end >= 0 else None
+            self.left = len(data)
+        elif self.raw is not None:
+            self.left += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -92,6 +130,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 else:
                     client.write(rest)
         except (httptools.HttpParserError, BadRequest, ValueError):
+            self.raw = None
             if self.ex is not None:
                 self.ex.upstream_failed("invalid response from the instance")
             self.close()
@@ -128,16 +167,27 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.ex
         if ex is None:
+            self.raw = None
             return
         headers = self.headers
         self.headers = []
         status = self.parser.get_status_code()
         reason = REASONS.get(status, b"Unknown")
-        if status < 200 and status != 101:
-            self.interim = True
-            ex.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
-            return
+        if status < 200:
+            self.raw = None  # interim and 101: no accounting (rare)
+            if status != 101:
+                self.interim = True
+                ex.client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+                return
         head = parse_response_head(headers, status)
+        raw = self.raw
+        if raw is not None:
+            if ex.is_head or status == 204 or status == 304:
+                self.left -= len(raw)
+            elif head.chunked or head.content_length < 0:
+                self.raw = None
+            else:
+                self.left -= len(raw) + head.content_length
         ex.response_head(status, reason, head, self)
 
     def on_body(self, body: bytes) -> None:
@@ -152,8 +202,27 @@ class UpstreamProtocol(asyncio.Protocol):
             self.interim = False
             return
         ex = self.ex
+        keep_alive = self.parser.should_keep_alive()
+        raw = self.raw
+        if raw is not None:
+            self.raw = None
+            if self.left == 0:  # this message ended exactly where the read ended
+                self.boundary = True
+                status = self.parser.get_status_code()
+                if (
+                    keep_alive
+                    and ex is not None
+                    and not ex.is_head
+                    and status != 204
+                    and status != 304
+                ):
+                    instance = self.instance
+                    if raw == instance.seen:  # the same head twice in a row: memorise
+                        instance.memo = ex.response_memo(raw)
+                    else:
+                        instance.seen = raw
         if ex is not None:
-            ex.response_complete(self.parser.should_keep_alive())
+            ex.response_complete(keep_alive)
 
     # ---- used by Exchange ------------------------------------------------------------
 
