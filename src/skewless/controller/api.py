@@ -108,6 +108,7 @@ class DeployBody(BaseModel):
     session: SessionBody | None = None
     step_interval: float | None = Field(None, ge=0, le=1e9)
     analysis: bool | AnalysisBody | None = None
+    succeed_when: Literal["live", "retired"] | None = None
 
 
 class ErrorBody(BaseModel):
