@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skewless import __version__
 from skewless.controller import ops, tables
@@ -240,6 +241,52 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost" or host == "testclient"
 
 
+class TokenGate:
+    """Auth before anything else reads the request (routing, body parsing, validation):
+    a caller without the token learns nothing about the API and changes nothing.
+
+    Under ``/v1/``: mutating methods always need ``Authorization: Bearer TOKEN``; GETs
+    need it unless they come from loopback. The token is compared in constant time.
+    A controller built without a token (``create_app(token=None)``, in-process tests)
+    trusts loopback callers; the ``skewless controller`` command always has one.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            problem = self.problem(scope)
+            if problem is not None:
+                response = JSONResponse({"error": problem}, status_code=401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def problem(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        loopback = _is_loopback(client[0] if client else None)
+        if scope["method"] in ("GET", "HEAD") and loopback:
+            return None
+        if self.token is None:
+            if loopback:
+                return None
+            return "this controller has no token; it only serves loopback clients"
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, secret = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(secret.strip(), self.token):
+            return None
+        return (
+            "missing or wrong token: send 'Authorization: Bearer TOKEN' "
+            "(skewless --token or SKEWLESS_TOKEN)"
+        )
+
+
 def create_app(
     store: Store,
     *,
@@ -275,26 +322,6 @@ def create_app(
     app.state.engine = engine
     app.state.watch = watch
 
-    def auth(request: Request) -> None:
-        mutating = request.method not in ("GET", "HEAD", "OPTIONS")
-        client = request.client.host if request.client else None
-        if not mutating and _is_loopback(client):
-            return
-        if token is None:
-            if _is_loopback(client):
-                return
-            raise ApiError(401, "this controller has no token; it only serves loopback clients")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise ApiError(
-                401,
-                "missing or wrong token: send 'Authorization: Bearer TOKEN' "
-                "(skewless --token or SKEWLESS_TOKEN)",
-            )
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -316,7 +343,7 @@ def create_app(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    v1 = APIRouter(prefix="/v1")
     AppName = Path(pattern=NAME, description="app name")
 
     def _wait(wait: float | None) -> float:
@@ -467,6 +494,7 @@ def create_app(
 
     app.include_router(v1)
     _document_errors(app)
+    app.add_middleware(TokenGate, token=token)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:
