@@ -62,8 +62,8 @@ def _operations(spec: dict[str, Any]) -> list[Any]:
 def _send(client: httpx.Client, case: Any, headers: dict[str, str]) -> httpx.Response:
     kwargs = case.as_transport_kwargs(base_url=str(client.base_url), headers=headers)
     query = dict(kwargs.get("params") or {})
-    if case.operation.path in LONG_POLLS and "wait" in query:
-        query["wait"] = "0"
+    if case.operation.path in LONG_POLLS:
+        query["wait"] = "0"  # absent, a long-poll waits 25 s
     return client.request(
         kwargs["method"],
         kwargs["url"],

@@ -152,3 +152,53 @@ def test_unparsable_bodies_get_400_and_change_nothing(
     assert r.status_code == 400, (r.status_code, r.text)
     assert r.json()["error"]
     assert controller.dump() == before
+
+
+ROUTER_REPORT = {"router_id": "r9", "generation": 1, "apps": [], "instances": []}
+AGENT_REPORT = {"host_id": "h9", "slots": 2, "generation": 0, "instances": []}
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "words"),
+    [
+        # Found by the schemathesis run: SQLite cannot hold it (was a 500).
+        ("/v1/events?after=9223372036854775808", None, "after"),
+        # Would poison the planner (ceil(inf) raises, and every engine step with it).
+        (
+            "/v1/routers/r9/report",
+            '{"generation": 1, "apps": [{"app": "shop", "versions": [{"version": "v1", "rps": 1e308}]}]}',
+            "rps",
+        ),
+        (
+            "/v1/routers/r9/report",
+            '{"generation": 1, "apps": [{"app": "shop", "versions": [{"version": "v1", "rps": NaN}]}]}',
+            "rps",
+        ),
+        (
+            "/v1/routers/r9/report",
+            '{"generation": 1, "apps": [{"app": "shop", "versions": [{"version": "v1", "requests": 1e400}]}]}',
+            "requests",
+        ),
+        ("/v1/routers/r9/report", '{"generation": 99999999999999999999999}', "generation"),
+        ("/v1/hosts/h9/report", '{"generation": -1}', "generation"),
+        ("/v1/hosts/h9/report", '{"instances": [{"id": "x", "pid": 1e400}]}', "pid"),
+        ("/v1/hosts/h9/report", '{"host_id": "other"}', "host_id"),
+        ("/v1/routers/r9/report", '{"router_id": "other", "generation": 1}', "router_id"),
+    ],
+)
+def test_out_of_range_reports_and_queries_get_400_and_change_nothing(
+    controller: Controller, path: str, content: str | None, words: str
+) -> None:
+    before = controller.dump()
+    if content is None:
+        r = httpx.get(f"{controller.url}{path}", timeout=10)
+    else:
+        r = httpx.post(
+            f"{controller.url}{path}",
+            content=content,
+            headers={**controller.headers(), "Content-Type": "application/json"},
+            timeout=10,
+        )
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert words in r.json()["error"], r.json()
+    assert controller.dump() == before

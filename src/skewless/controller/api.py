@@ -123,42 +123,49 @@ class RollbackBody(BaseModel):
     """The release rolled back from is broken: sessions pinned to it are re-pinned."""
 
 
+REPORT = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+"""Reports: NaN and infinities are refused (400); they would poison the planner's sums."""
+BIG = 2**63 - 1
+"""SQLite's INTEGER range."""
+Counter = Annotated[int, Field(ge=0, le=BIG)]
+
+
 class RouterVersionReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     version: str
-    requests: int = 0
-    errors_5xx: int = 0
-    connect_failures: int = 0
-    rps: float = 0.0
-    latency_ms: dict[str, int] | None = None
-    last_pinned_at: float | None = None
-    sessions: int = 0
+    requests: Counter = 0
+    errors_5xx: Counter = 0
+    connect_failures: Counter = 0
+    rps: float = Field(0.0, ge=0, le=1e12)
+    latency_ms: dict[str, Counter] | None = None
+    last_pinned_at: float | None = Field(None, ge=0, le=1e12)
+    sessions: Counter = 0
 
 
 class RouterAppReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     app: str
     versions: list[RouterVersionReport] = []
 
 
 class RouterInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     id: str
-    inflight: int = 0
+    inflight: Counter = 0
     healthy: bool | None = None
 
 
 class RouterReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     router_id: str | None = None
-    generation: int = Field(ge=0)
-    time: float | None = None
+    generation: int = Field(ge=0, le=BIG)
+    time: float | None = Field(None, ge=0, le=1e12)
     apps: list[RouterAppReport] = []
     instances: list[RouterInstanceReport] = []
 
 
 class HealthReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     ok: bool | None = None
     status: int | None = None
     at: float | None = None
@@ -166,23 +173,23 @@ class HealthReport(BaseModel):
 
 
 class AgentInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     id: str
     app: str | None = None
     version: str | None = None
     state: str | None = None
     address: str | None = None
-    pid: int | None = None
-    restarts: int = 0
+    pid: int | None = Field(None, ge=0, le=BIG)
+    restarts: Counter = 0
     health: HealthReport | None = None
     reason: str | None = None
 
 
 class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = REPORT
     host_id: str | None = None
     slots: int = Field(default=1, ge=0, le=100000)
-    generation: int = Field(default=0, ge=0)
+    generation: int = Field(default=0, ge=0, le=BIG)
     instances: list[AgentInstanceReport] = []
 
 
@@ -475,7 +482,7 @@ def create_app(
     @v1.get("/events", summary="Event log (long-poll with after + wait)")
     async def get_events(
         app: str | None = None,
-        after: int = Query(0, ge=0),
+        after: int = Query(0, ge=0, le=BIG),
         wait: float | None = Query(None, ge=0, le=3600),
         limit: int = Query(500, ge=1, le=5000),
     ) -> JSONResponse:
