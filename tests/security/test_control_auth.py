@@ -320,10 +320,42 @@ def test_the_router_admin_answers_strangers_only_with_the_token() -> None:
 
     async def go(client: tuple[str, int], headers: dict[str, str]) -> int:
         transport = httpx.ASGITransport(app=build_app(server, TOKEN), client=client)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://r") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9") as c:
             return (await c.get("/healthz", headers=headers)).status_code
 
     assert asyncio.run(go(("10.0.0.9", 1), {})) == 401
     assert asyncio.run(go(("10.0.0.9", 1), {"Authorization": "Bearer nope"})) == 401
     assert asyncio.run(go(("10.0.0.9", 1), {"Authorization": f"Bearer {TOKEN}"})) == 200
     assert asyncio.run(go(("127.0.0.1", 1), {})) == 200
+
+
+def test_a_loopback_get_under_a_foreign_host_name_needs_the_token(
+    controller: Controller,
+) -> None:
+    """DNS rebinding: a web page reaches 127.0.0.1 through a name it controls; its
+    requests carry that name as Host and get no tokenless read of the control plane."""
+    port = controller.url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=controller.url, timeout=10) as c:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            r = c.get("/v1/routes", headers={"Host": host})
+            assert r.status_code == 401, (host, r.status_code)
+            assert (
+                c.get("/v1/apps", headers={"Host": host, **controller.headers()}).status_code == 200
+            )
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+            assert c.get("/v1/routes", headers={"Host": host}).status_code == 200, host
+
+
+def test_the_router_admin_refuses_a_foreign_host_name_from_loopback() -> None:
+    from skewless.router.admin import build_app
+
+    server = SimpleNamespace(draining=False, table=SimpleNamespace(generation=3))
+
+    async def go(base: str) -> int:
+        transport = httpx.ASGITransport(app=build_app(server, TOKEN), client=("127.0.0.1", 1))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url=base) as c:
+            return (await c.get("/healthz")).status_code
+
+    assert asyncio.run(go("http://evil.example:8081")) == 401
+    assert asyncio.run(go("http://127.0.0.1:8081")) == 200
+    assert asyncio.run(go("http://localhost:8081")) == 200

@@ -248,12 +248,32 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost" or host == "testclient"
 
 
+def local_host_header(scope: Scope) -> bool:
+    """The Host header names this machine (``127.0.0.1:7000``, ``localhost``, ``[::1]``).
+
+    A page in a browser can reach 127.0.0.1 through a DNS name it controls (DNS
+    rebinding); its requests then carry that name as Host. Loopback alone is therefore
+    not enough to serve a GET without the token: the Host must say loopback too.
+    """
+    host = b""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value
+            break
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    return text in ("localhost", "testclient") or _is_loopback(text)
+
+
 class TokenGate:
     """Auth before anything else reads the request (routing, body parsing, validation):
     a caller without the token learns nothing about the API and changes nothing.
 
     Under ``/v1/``: mutating methods always need ``Authorization: Bearer TOKEN``; GETs
-    need it unless they come from loopback. The token is compared in constant time.
+    need it unless they come from loopback with a loopback Host header. The token is compared in constant time.
     A controller built without a token (``create_app(token=None)``, in-process tests)
     trusts loopback callers; the ``skewless controller`` command always has one.
     """
@@ -274,7 +294,7 @@ class TokenGate:
     def problem(self, scope: Scope) -> str | None:
         client = scope.get("client")
         loopback = _is_loopback(client[0] if client else None)
-        if scope["method"] in ("GET", "HEAD") and loopback:
+        if scope["method"] in ("GET", "HEAD") and loopback and local_host_header(scope):
             return None
         if self.token is None:
             if loopback:
