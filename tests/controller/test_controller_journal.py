@@ -75,3 +75,20 @@ def test_a_done_action_is_never_taken_twice(tmp_path: Path) -> None:
     taken = [e.data["key"] for e in store.list_events(app="shop") if e.kind == "action"]
     assert taken == [start.key, add.key]
     store.close()
+
+
+def test_an_action_that_cannot_be_taken_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    from skewless.core.model import RolloutState
+    from skewless.core.plan import FinishRollout
+
+    store, rid = _setup(tmp_path)
+    ops.abort(store, "shop", 11.0)
+    bad = FinishRollout(state=RolloutState.SUCCEEDED, reason="nope")  # aborted is terminal
+    engine = Engine(store, Watch(), clock=lambda: 12.0, planner=lambda s: Plan(actions=(bad,)))
+    asyncio.run(engine.step(rid))
+    asyncio.run(engine.step(rid))  # proposed again: reported once
+    assert store.get_rollout(rid).state == "aborted"
+    assert store.journal_get(rid, bad.key).status == "abandoned"
+    (error,) = [e for e in store.list_events(app="shop") if e.kind == "error"]
+    assert "illegal transition aborted -> succeeded" in error.message
+    store.close()

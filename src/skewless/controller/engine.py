@@ -126,6 +126,7 @@ class Engine:
         self._smoke = smoke
         self.tick = tick
         self._wake: asyncio.Event | None = None
+        self._failed: set[tuple[int, str]] = set()
         self.steps = 0
 
     def __repr__(self) -> str:
@@ -337,6 +338,31 @@ class Engine:
             except Exception as exc:  # a smoke check must never kill the engine
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             now = self.clock()
+        try:
+            self._take(rollout, action, now, ok, detail)
+        except Exception as exc:  # the effect rolled back: the action was not taken
+            first = (rollout.id, key) not in self._failed
+            self._failed.add((rollout.id, key))
+            if first:
+                log.exception("could not take %s", key)
+            with self.store.transaction():
+                self.store.journal_finish(rollout.id, key, "abandoned", now)
+                if first:  # say it once, not at every tick
+                    self.store.add_event(
+                        app=rollout.app,
+                        kind="error",
+                        message=f"could not {describe(action)}: {type(exc).__name__}: {exc}",
+                        now=now,
+                        data={"rollout_id": rollout.id, "key": key},
+                    )
+            return False
+        self.watch.notify()
+        return True
+
+    def _take(
+        self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
+    ) -> None:
+        key = action.key
         with self.store.transaction():
             self._apply(rollout, action, now, ok, detail)
             self.store.journal_finish(rollout.id, key, "done", now)
@@ -351,8 +377,6 @@ class Engine:
                 now=now,
                 data={"rollout_id": rollout.id, "key": key, "action": action_json(action)},
             )
-        self.watch.notify()
-        return True
 
     def _apply(
         self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
