@@ -92,3 +92,23 @@ def test_an_action_that_cannot_be_taken_changes_nothing_and_says_so(tmp_path: Pa
     (error,) = [e for e in store.list_events(app="shop") if e.kind == "error"]
     assert "illegal transition aborted -> succeeded" in error.message
     store.close()
+
+
+def test_a_rollout_that_waits_past_its_deadline_fails_with_the_reason(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "d.db")
+    body = {"version": "v1", "command": ["app", "{port}"], "progress_deadline": 60}
+    rid = ops.deploy(store, "shop", body, 10.0)["rollout"]["id"]
+    now = [10.0]
+    engine = Engine(
+        store, Watch(), clock=lambda: now[0], planner=lambda s: Plan(waiting_for="no live hosts")
+    )
+    asyncio.run(engine.step(rid))
+    now[0] = 10.0 + 60 * 1.05  # within the grace the planner has to decide itself
+    asyncio.run(engine.step(rid))
+    assert store.get_rollout(rid).state == "progressing"
+    now[0] = 10.0 + 60 * 1.2
+    asyncio.run(engine.step(rid))
+    rollout = store.get_rollout(rid)
+    assert rollout.state == "failed"
+    assert rollout.reason == "no progress within the progress deadline (60s): no live hosts"
+    store.close()
