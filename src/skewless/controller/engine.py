@@ -44,7 +44,14 @@ from typing import Any
 from skewless.controller import tables
 from skewless.controller.smoke import run_smoke
 from skewless.controller.snapshot import build_snapshot, step_baseline
-from skewless.controller.store import InstanceRow, JournalRow, RolloutRow, Store, VersionRow
+from skewless.controller.store import (
+    InstanceRow,
+    JournalRow,
+    JournalStatus,
+    RolloutRow,
+    Store,
+    VersionRow,
+)
 from skewless.controller.tables import agent_instances
 from skewless.controller.watch import Watch
 from skewless.core.model import ROLLOUT_TRANSITIONS, RolloutState, advance
@@ -161,10 +168,10 @@ class Engine:
     def recover(self) -> list[tuple[str, str]]:
         """Settle journal rows left ``recorded`` by a crash; returns (key, outcome) pairs."""
         now = self.clock()
-        outcomes = []
+        outcomes: list[tuple[str, str]] = []
         for row in self.store.journal_pending():
             visible = self._effect_visible(row)
-            status = "done" if visible else "abandoned"
+            status: JournalStatus = "done" if visible else "abandoned"
             rollout = self.store.get_rollout(row.rollout_id)
             with self.store.transaction():
                 self.store.journal_finish(row.rollout_id, row.key, status, now)
@@ -435,16 +442,16 @@ class Engine:
                 )
                 tables.publish_table(s)
             case RetireVersion():
-                v = s.get_version(app, action.version)
-                if v is not None:
+                old = s.get_version(app, action.version)
+                if old is not None:
                     s.put_version(
                         VersionRow(
                             app=app,
-                            version=v.version,
+                            version=old.version,
                             state="retired",
                             weight=0.0,
-                            live_since=v.live_since,
-                            weight_zero_since=v.weight_zero_since or now,
+                            live_since=old.live_since,
+                            weight_zero_since=old.weight_zero_since or now,
                         )
                     )
                 tables.publish_table(s)
