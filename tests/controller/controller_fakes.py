@@ -173,7 +173,7 @@ class _InstanceHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv: Any = self.server
         if self.headers.get("Skewless-Smoke") and srv.smoke_gate is not None:
-            srv.smoke_gate.wait(10)  # hold smoke checks until the test lets them through
+            srv.smoke_gate.wait(30)  # hold smoke checks until the test lets them through
         status = 500 if srv.broken else 200
         body = f"{srv.version}\n".encode()
         self.send_response(status)

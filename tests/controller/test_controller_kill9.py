@@ -145,6 +145,7 @@ def test_kill9_at_random_points_resumes_and_takes_no_action_twice(controller: Co
                 "command": ["app", "--port", "{port}"],
                 "instances": 2,
                 "session": {"idle_timeout": 0.3},
+                "health": {"timeout": 20},  # a held smoke check must outlast a slow test
             }
             r = httpx.post(f"{c.url}/v1/apps/shop/deploy", json=body, headers=AUTH, timeout=5)
             assert r.status_code == 201, r.text
