@@ -387,6 +387,7 @@ def create_app(
         with store.transaction():
             store.save_host_report(host_id, body.model_dump(mode="json"), clock())
             tables.publish_table(store)  # an instance's address may have changed
+            tables.publish_desired(store, host_id)  # stopped instances can be forgotten
         watch.notify()
         engine.wake()
         return Response(status_code=204)
