@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from skewless.controller import tables
-from skewless.controller.engine import shift_weight
+from skewless.controller.actions import shift_weight
 from skewless.controller.status import ApiError, current_version, need_app, rollout_json
 from skewless.controller.store import AppRow, RolloutRow, Store, VersionRow
 from skewless.core.errors import ConfigError
