@@ -105,6 +105,10 @@ class RolloutOptions:
     succeed_when: SucceedWhen = "live"
     """``live``: success once the new version is fully live (old ones retire after);
     ``retired``: only once every other version is retired and stopped."""
+    hosts: tuple[str, ...] | None = None
+    """Host header patterns the app serves (None: keep the app's, ``["*"]`` for a new app)."""
+    session_given: bool = False
+    """The body had ``session``; otherwise an existing app keeps its session settings."""
 
     def resolve(self, instances: int) -> ResolvedOptions:
         surge = self.max_surge
@@ -186,6 +190,7 @@ ROLLOUT_FIELDS = frozenset(
         "step_interval",
         "analysis",
         "succeed_when",
+        "hosts",
     }
 )
 
@@ -279,7 +284,27 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutOptions:
         step_interval=_number("rollout.step_interval", body.get("step_interval"), 0.0, lo=0.0),
         analysis=_analysis(body.get("analysis")),
         succeed_when=_succeed_when(body.get("succeed_when")),
+        hosts=_hosts(body.get("hosts")),
+        session_given=body.get("session") is not None,
     )
+
+
+HOST_PATTERN_RE = re.compile(
+    r"^(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*)$"
+)
+
+
+def _hosts(raw: object) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple) or not raw:
+        raise ConfigError('app hosts must be a non-empty list like ["shop.example.com", "*"]')
+    for i, pattern in enumerate(raw):
+        if not isinstance(pattern, str) or not HOST_PATTERN_RE.match(pattern) or len(pattern) > 253:
+            raise ConfigError(
+                f'hosts[{i}] must be "*", "*.example.com" or a host name (got {pattern!r})'
+            )
+    return tuple(p.lower() for p in raw)
 
 
 def _succeed_when(raw: object) -> SucceedWhen:
