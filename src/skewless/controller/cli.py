@@ -50,6 +50,30 @@ def _lock_store(path: str) -> IO[bytes] | None:
     return handle
 
 
+def ensure_token(state_dir: Path) -> tuple[str, Path]:
+    """The token a controller started without one uses: made once, kept in
+    ``STATE_DIR/token`` (mode 0600), so that no mutating call is ever open to anyone
+    who can reach the port (another local user, a web page posting to 127.0.0.1)."""
+    import secrets
+
+    path = state_dir / "token"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if not text:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        text = secrets.token_urlsafe(32)
+        tmp = path.with_name("token.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return text, path
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="skewless controller", description="Run the controller.")
     p.add_argument(
@@ -60,7 +84,11 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--store", default=None, help="sqlite:///PATH (default: STATE_DIR/controller.db)"
     )
-    p.add_argument("--token", default=None, help="API token (default: env SKEWLESS_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="API token (default: env SKEWLESS_TOKEN, else one made and kept in STATE_DIR/token)",
+    )
     p.add_argument(
         "--state-dir", default=None, help="state directory (default ~/.skewless/controller)"
     )
@@ -121,6 +149,23 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+
+    if not token:
+        try:
+            token, token_path = ensure_token(state_dir)
+        except OSError as exc:
+            print(
+                f"skewless controller: cannot keep a token in {state_dir}: {exc}", file=sys.stderr
+            )
+            store.close()
+            lock.close()
+            return 2
+        print(
+            f"skewless controller: no --token given: using the one in {token_path} "
+            "(give it to routers, agents and the CLI as --token or SKEWLESS_TOKEN)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     import uvicorn
 

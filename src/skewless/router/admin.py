@@ -36,8 +36,12 @@ def is_loopback(host: str) -> bool:
 def build_app(server: RouterServer, token: str | None) -> Starlette:
     def allowed(request: Request) -> bool:
         client = request.client
-        if client is not None and is_loopback(client.host):
-            return True
+        if (
+            client is not None
+            and is_loopback(client.host)
+            and is_loopback(request.url.hostname or "")
+        ):
+            return True  # loopback peer and a loopback Host (no DNS rebinding)
         if not token:
             return False
         given = request.headers.get("authorization", "")
