@@ -47,12 +47,15 @@ ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
+E2E_TOKEN = "e2e-rolling-token"
+
+
 class Procs:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "PYTHONPATH": str(SRC), "SKEWLESS_HOME": str(tmp / "home")}
-        self.env.pop("SKEWLESS_TOKEN", None)
+        self.env["SKEWLESS_TOKEN"] = E2E_TOKEN
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed by the process end)
@@ -148,7 +151,9 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "--report-interval",
                 "0.5",
             )
-        with httpx.Client(base_url=api, timeout=10) as client:
+        with httpx.Client(
+            base_url=api, timeout=10, headers={"Authorization": f"Bearer {E2E_TOKEN}"}
+        ) as client:
             wait_for(lambda: len(client.get("/v1/hosts").json()["hosts"]) == 2, what="agents")
             yield {
                 "api": api,
