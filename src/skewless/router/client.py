@@ -37,7 +37,6 @@ import httptools
 from skewless.core.http_framing import (
     BadRequest,
     RequestHead,
-    check_target,
     parse_request_head,
 )
 from skewless.core.pin import Pin
@@ -289,7 +288,8 @@ class ClientProtocol(asyncio.Protocol):
             ):
                 head = self.last_head
                 if url[:1] != b"/" or b" " in url or b"\t" in url:
-                    check_target(method, url)
+                    # not origin-form: its authority is checked against Host again
+                    head = parse_request_head(headers, version, method, url, server.pin_headers)
             else:
                 head = parse_request_head(headers, version, method, url, server.pin_headers)
                 self.last_headers = headers
