@@ -263,25 +263,37 @@ def fresh(stack: Stack) -> Stack:
 # ---- raw client helpers ------------------------------------------------------------
 
 
-def complete_responses(data: bytes) -> int:
-    """How many whole responses (Content-Length framed, or bodiless) ``data`` holds."""
-    n = pos = 0
+def parse_responses(data: bytes) -> tuple[list[int], int]:
+    """Status codes of the final responses in ``data``, read one after the other by their
+    Content-Length (every response of the router and this backend has one), and how
+    many of them are whole. Interim (1xx) responses are skipped."""
+    codes: list[int] = []
+    whole = pos = 0
     while True:
         end = data.find(b"\r\n\r\n", pos)
-        if end < 0:
-            return n
-        head = data[pos:end].lower()
+        if end < 0 or not data.startswith(b"HTTP/1.1 ", pos):
+            return codes, whole
+        code = int(data[pos + 9 : pos + 12])
         length = 0
-        for line in head.split(b"\r\n")[1:]:
+        for line in data[pos:end].lower().split(b"\r\n")[1:]:
             if line.startswith(b"content-length:"):
                 length = int(line[15:].strip())
-        if data[pos + 9 : pos + 10] == b"1":  # interim: no body, not counted
-            pos = end + 4
+        pos = end + 4
+        if code < 200:
             continue
-        if len(data) < end + 4 + length:
-            return n
-        n += 1
-        pos = end + 4 + length
+        codes.append(code)
+        if len(data) < pos + length:
+            return codes, whole
+        whole += 1
+        pos += length
+
+
+def complete_responses(data: bytes) -> int:
+    return parse_responses(data)[1]
+
+
+def statuses(data: bytes) -> list[int]:
+    return parse_responses(data)[0]
 
 
 def exchange(
@@ -314,15 +326,6 @@ def exchange(
         except TimeoutError:
             pass
         return out, closed
-
-
-def statuses(data: bytes) -> list[int]:
-    """Status codes of the responses in ``data`` (heads found by their status line)."""
-    found = []
-    for line in data.split(b"\r\n"):
-        if line.startswith(b"HTTP/1.1 ") and line[9:12].isdigit() and line[12:13] == b" ":
-            found.append(int(line[9:12]))
-    return found
 
 
 def barrier(stack: Stack) -> None:

@@ -197,6 +197,26 @@ def test_a_request_pipelined_behind_a_bad_one_is_never_forwarded(fresh: Stack, b
     assert not {"/smuggled", "/third"} & set(fresh.backend.heads)
 
 
+@pytest.mark.parametrize(
+    "bad_body",
+    [b"zz\r\n", b"3\r\nabcXX\r\n", SMUGGLED, b"3\r\nabc\r\n0\r\nX : y\r\n\r\n"],
+)
+def test_a_good_request_then_one_whose_body_is_bad_in_the_same_read(
+    fresh: Stack, bad_body: bytes
+) -> None:
+    """Found by the fuzzer: the good request is answered, the second (queued behind it,
+    head complete, body bad) is refused with 400 and never started upstream."""
+    data = (
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + bad_body
+    )
+    out, closed = exchange(fresh.port, data)
+    assert statuses(out) == [200, 400] and closed, out
+    barrier(fresh)
+    assert [r.path for r in fresh.backend.app_requests()] == ["/first"]
+    assert "/second" not in fresh.backend.heads
+
+
 def test_a_body_that_turns_bad_midway_never_completes_upstream(fresh: Stack) -> None:
     """The head already went to the instance: the router must cut that connection so the
     instance never sees a complete request, nor what follows it."""

@@ -454,6 +454,9 @@ class ClientProtocol(asyncio.Protocol):
             ex.status = status
             ex.account()
             self.active = None
+        queue = self.queue
+        if queue and not queue[-1][0].request_done:
+            queue.pop()  # the bad bytes are in the body of the last one queued: never start it
         if self.active is None:
             self.send_refusal()
         elif pending is not None and pending[0] is self.active:
