@@ -202,6 +202,15 @@ REFUSED: dict[str, bytes] = {
     "absolute-form with another port": b"GET http://x:81/vector HTTP/1.1\r\nHost: x\r\n\r\n",
     "absolute-form userinfo": b"GET http://a@x/vector HTTP/1.1\r\nHost: x\r\n\r\n",
     "absolute-form without authority": b"GET http:///vector HTTP/1.1\r\nHost: x\r\n\r\n",
+    # ---- upgrades with a body (found by the fuzzer: the parser reads an upgrade request
+    # as bodiless, so the body was cut off or left the instance waiting for it)
+    "Upgrade h2c with a CL body": b"POST /vector HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: h2c\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    "Upgrade h2c with a chunked body": b"POST /vector HTTP/1.1\r\nHost: x\r\n"
+    b"Connection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED,
+    "Upgrade websocket with a body": b"GET /vector HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
     # ---- HTTP/1.0 and Transfer-Encoding (RFC 9112 6.1 p15)
     "HTTP/1.0 + TE": b"POST /vector HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_BODY,
     "HTTP/1.0 + TE + CL": b"POST /vector HTTP/1.0\r\nTransfer-Encoding: chunked\r\n"

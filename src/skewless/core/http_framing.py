@@ -13,6 +13,8 @@ must still refuse, or must rewrite, is decided here, on the header list it produ
   do not understand, and we re-chunk bodies ourselves), and any in HTTP/1.0 (RFC 9112
   6.1: its framing is faulty); a ``Content-Length`` of 2^63 or more (a signed 64-bit
   length downstream would wrap);
+- a request that asks for a protocol upgrade and carries a body (the parser treats what
+  follows an upgrade request's head as the new protocol);
 - a header name that reads as a framing or routing header once ``_`` becomes ``-``
   (``Transfer_Encoding``): servers that map names to CGI-style variables would obey it;
 - in a response, any ``Transfer-Encoding`` other than exactly ``chunked`` (a body we
@@ -158,6 +160,7 @@ def parse_request_head(
     chunked = False
     length = -1
     upgrade_asked = False
+    upgrade_header = False
     conn: frozenset[bytes] = frozenset()
     xff: bytes | None = None
     fwd: bytes | None = None
@@ -192,6 +195,7 @@ def parse_request_head(
             conn = conn | _connection_tokens(value)
         elif low == b"upgrade":
             upgrade_asked = value.strip().lower() == b"websocket"
+            upgrade_header = True
         elif low == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
         elif low == b"forwarded":
@@ -217,6 +221,10 @@ def parse_request_head(
         forward.append(b"Host: ")  # HTTP/1.0 without one: we forward HTTP/1.1 (RFC 9112 3.2)
     if chunked and http_version == "1.0":
         raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    if upgrade_header and (chunked or length > 0) and b"upgrade" in conn:
+        # the parser reads an upgrade request as bodiless (what follows its head belongs
+        # to the new protocol): a body would be cut off, or taken for tunnel bytes
+        raise BadRequest("a request asking for a protocol upgrade cannot carry a body")
     if conn:
         extra = conn - STANDARD_CONNECTION_TOKENS
         if extra:
