@@ -110,7 +110,7 @@ def _one(data: bytes, pos: int) -> tuple[str, str, bytes, int, bool]:
         m = FIELD.fullmatch(data, pos, end + 2)
         if m is None:
             raise _Malformed("header field")
-        fields.append((m.group(1).lower(), m.group(2)))
+        fields.append((m.group(1).lower(), m.group(2).rstrip(b" \t")))
         pos = end + 2
     hosts = [v for n, v in fields if n == b"host"]
     if len(hosts) > 1 or (minor == b"1" and not hosts):
