@@ -62,6 +62,7 @@ def main() -> None:
         try:
             check_stream(stack, [w for w in (data[:cut], data[cut:]) if w])
         except AssertionError:
+            print(router.log()[-3000:], file=sys.stderr)
             stop()
             raise
 

@@ -10,6 +10,7 @@ Backend paths (anything else: 200 ``ok``, keep-alive):
   /reject-expect  answers 417 at once to a head with ``Expect: 100-continue``
   /script/NAME    writes ``backend.scripts[NAME]`` (raw bytes: a response, bad or not)
   /upgrade200     answers 200 (not 101) to an Upgrade request, keeping the connection
+  /hold...        answered only when the test calls ``backend.release()``
 An ``Expect: 100-continue`` head on other paths gets ``100 Continue`` first.
 """
 
@@ -102,8 +103,10 @@ class _Conn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
+            # the router sent bytes a strict parser refuses: a discrepancy in itself
             self.backend.parse_errors += 1
+            self.backend.parse_error_details.append((str(error), bytes(rec.raw[-300:])))
             self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -150,6 +153,8 @@ class _Conn(asyncio.Protocol):
             return
         if path.startswith("/script/"):
             self.answer(b.scripts[path[len("/script/") :]])
+        elif path.startswith("/hold"):
+            b.held.append(self)  # answered when the test calls ``backend.release()``
         elif path == "/upgrade200":
             self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
         else:
@@ -167,10 +172,12 @@ class CountingBackend:
 
     def __init__(self) -> None:
         self.scripts: dict[str, bytes] = {}
+        self.held: list[_Conn] = []
         self.requests: list[Request] = []
         self.heads: list[str] = []
         self.conns: dict[int, ConnRecord] = {}
         self.parse_errors = 0
+        self.parse_error_details: list[tuple[str, bytes]] = []
         self.next_id = 0
         self.transports: set[Any] = set()
         self.loop = asyncio.new_event_loop()
@@ -195,11 +202,21 @@ class CountingBackend:
         self.thread.start()
         assert ready.wait(5), "backend did not start"
 
+    def release(self) -> None:
+        """Answer the oldest request held by a ``/hold`` path."""
+
+        def answer() -> None:
+            conn = self.held.pop(0)
+            conn.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nheld")
+
+        self.loop.call_soon_threadsafe(answer)
+
     def reset(self) -> None:
         """Forget what was seen (connections the router keeps stay open)."""
         self.requests.clear()
         self.heads.clear()
         self.parse_errors = 0
+        self.parse_error_details.clear()
         for rec in self.conns.values():
             rec.raw.clear()
 

@@ -103,7 +103,9 @@ def check_stream(stack: Stack, writes: list[bytes]) -> None:
     got = statuses(out)
     barrier(stack)
     assert stack.router.proc.poll() is None, "router died:\n" + stack.router.log()
-    context = f"stream {data!r}\nreference {ref}\nrouter said {out[:400]!r}"
+    context = f"stream {data!r}\nreference {ref}\nstatuses {got}\nrouter said {out[:400]!r} ... {out[-300:]!r}"
+    # nothing the router forwarded is refused by a strict parser behind it
+    assert stack.backend.parse_errors == 0, context + f"\n{stack.backend.parse_error_details}"
     # never a 5xx for what a client sent
     assert all(code < 500 for code in got), context
     # a refusal is the last word on the connection

@@ -217,6 +217,27 @@ def test_a_good_request_then_one_whose_body_is_bad_in_the_same_read(
     assert "/second" not in fresh.backend.heads
 
 
+def test_bytes_after_a_deferred_refusal_do_not_turn_it_into_a_500(fresh: Stack) -> None:
+    """Found by atheris: a refusal waits for the requests queued before it; when the queue
+    drained, reading resumed and the parser repeated its error on the next bytes, which
+    the router took for a bug of its own (500)."""
+    with socket.create_connection(("127.0.0.1", fresh.port), timeout=5) as s:
+        s.sendall(
+            b"GET /hold0 HTTP/1.1\r\nHost: x\r\n\r\nGET /hold1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b'PUT /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chu"ked\r\n\r\n'
+        )
+        wait_for(lambda: "/hold0" in fresh.backend.heads, 5, "the first request forwarded")
+        fresh.backend.release()
+        wait_for(lambda: "/hold1" in fresh.backend.heads, 5, "the second request forwarded")
+        s.sendall(b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED)
+        fresh.backend.release()
+        out = recv_until(s, b"never")
+    assert statuses(out) == [200, 200, 400], out
+    barrier(fresh)
+    assert [r.path for r in fresh.backend.app_requests()] == ["/hold0", "/hold1"]
+    assert b"smuggled" not in fresh.backend.raw_all()
+
+
 def test_a_body_that_turns_bad_midway_never_completes_upstream(fresh: Stack) -> None:
     """The head already went to the instance: the router must cut that connection so the
     instance never sees a complete request, nor what follows it."""

@@ -209,6 +209,8 @@ class ClientProtocol(asyncio.Protocol):
             self.start_parsed()
             return
         except httptools.HttpParserCallbackError as error:
+            if self.refusal is not None:
+                return  # refused already: the parser only repeats its error on new bytes
             cause = error.__context__
             if isinstance(cause, Refusal):
                 self.refuse(cause.status, str(cause))
@@ -217,6 +219,8 @@ class ClientProtocol(asyncio.Protocol):
                 self.refuse(500, "internal error")
             return
         except httptools.HttpParserError as error:
+            if self.refusal is not None:
+                return
             self.refuse(400, str(error) or "malformed request")
             return
         if self.awaiting_head and self.head_bytes > self.server.max_head:
