@@ -19,7 +19,9 @@ runs in CI from then on.
 from __future__ import annotations
 
 import atexit
+import os
 import signal
+import subprocess
 import sys
 import tempfile
 import zlib
@@ -35,6 +37,21 @@ with atheris.instrument_imports():
 
 from smuggling_harness import CountingBackend, Router, Stack, instance, table, version
 from test_fuzz_request_path import check_stream
+
+WATCHDOG = """
+import os, signal, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.5)
+try:
+    os.killpg(group, signal.SIGTERM)
+except ProcessLookupError:
+    pass
+"""
 
 
 def main() -> None:
@@ -53,6 +70,12 @@ def main() -> None:
 
     atexit.register(stop)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # libFuzzer ends the process with exit(3), past Python's atexit: a watchdog stops
+    # the router's process group once we are gone
+    subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(router.proc.pid)],
+        start_new_session=True,
+    )
 
     def one_input(data: bytes) -> None:
         if not data:
