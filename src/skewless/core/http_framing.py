@@ -6,9 +6,19 @@ chunk sizes, obs-fold and whitespace before the colon. What it lets through and 
 must still refuse, or must rewrite, is decided here, on the header list it produced:
 
 - a request line whose target is not origin-form, absolute-form or ``*``; an HTTP version
-  other than 1.0 / 1.1; a missing (1.1) or repeated ``Host``;
+  other than 1.0 / 1.1; a missing (1.1) or repeated ``Host``, a ``Host`` with characters
+  no URI host has, an absolute-form target whose authority is not the ``Host`` (the
+  router would route by one name and the instance serve another);
 - any ``Transfer-Encoding`` other than exactly ``chunked`` (we never forward a coding we
-  do not understand, and we re-chunk bodies ourselves);
+  do not understand, and we re-chunk bodies ourselves), and any in HTTP/1.0 (RFC 9112
+  6.1: its framing is faulty); a ``Content-Length`` of 2^63 or more (a signed 64-bit
+  length downstream would wrap);
+- a request that asks for a protocol upgrade and carries a body (the parser treats what
+  follows an upgrade request's head as the new protocol);
+- a header name that reads as a framing or routing header once ``_`` becomes ``-``
+  (``Transfer_Encoding``): servers that map names to CGI-style variables would obey it;
+- in a response, any ``Transfer-Encoding`` other than exactly ``chunked`` (a body we
+  cannot frame is a 502, never passed on);
 - hop-by-hop headers (``Connection``, the fields it names, ``Keep-Alive``,
   ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are
   removed; the proxy writes its own framing and connection management.
@@ -33,6 +43,9 @@ HOP_BY_HOP = frozenset(
 )
 STANDARD_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+MAX_CONTENT_LENGTH = (1 << 63) - 1
+HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
+"""RFC 3986 host and port: unreserved, pct-encoded, sub-delims, ``:`` and IP-literal."""
 
 
 REQUEST_SPECIAL = frozenset(
@@ -147,6 +160,7 @@ def parse_request_head(
     chunked = False
     length = -1
     upgrade_asked = False
+    upgrade_header = False
     conn: frozenset[bytes] = frozenset()
     xff: bytes | None = None
     fwd: bytes | None = None
@@ -154,6 +168,8 @@ def parse_request_head(
     for name, value in headers:
         low = name.lower()
         if low not in REQUEST_SPECIAL:
+            if b"_" in low and low.replace(b"_", b"-") in REQUEST_SPECIAL:
+                raise BadRequest(f"header name {name.decode('latin-1')!r} has _ for -")
             if low in capture and captured is None:
                 captured = value.strip()
             forward.append(name + b": " + value)
@@ -161,12 +177,16 @@ def parse_request_head(
             if host is not None:
                 raise BadRequest("more than one Host header")
             host = value.strip().lower()
+            if host.translate(None, HOST_CHARS):
+                raise BadRequest("Host header is not a host name")
             forward.append(name + b": " + value)
         elif low == b"cookie":
             cookie = value if cookie is None else cookie + b"; " + value
             forward.append(name + b": " + value)
         elif low == b"content-length":
             length = int(value)  # llhttp already refused anything but digits and repeats
+            if length > MAX_CONTENT_LENGTH:
+                raise BadRequest("Content-Length is too large")
         elif low == b"transfer-encoding":
             if value.strip().lower() != b"chunked" or chunked:
                 raise BadRequest(f"Transfer-Encoding {value.decode('latin-1')!r} is not supported")
@@ -175,16 +195,36 @@ def parse_request_head(
             conn = conn | _connection_tokens(value)
         elif low == b"upgrade":
             upgrade_asked = value.strip().lower() == b"websocket"
+            upgrade_header = True
         elif low == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
         elif low == b"forwarded":
             fwd = value if fwd is None else fwd + b", " + value
         # the rest of REQUEST_SPECIAL is dropped: hop-by-hop, or X-Forwarded-Proto, which
         # the router sets itself (it is where the client's protocol is known)
+    if url[:1] != b"/" and url != b"*":
+        authority = url.partition(b"://")[2]
+        for end in b"/?#":
+            authority = authority.partition(bytes((end,)))[0]
+        authority = authority.lower()
+        if not authority or authority.translate(None, HOST_CHARS):
+            raise BadRequest("the request target has no valid host")
+        if host is None:
+            host = authority
+            forward.append(b"Host: " + authority)
+        elif host != authority:
+            raise BadRequest("the request target and the Host header name different hosts")
     if host is None:
         if http_version == "1.1":
             raise BadRequest("missing Host header")
         host = b""
+        forward.append(b"Host: ")  # HTTP/1.0 without one: we forward HTTP/1.1 (RFC 9112 3.2)
+    if chunked and http_version == "1.0":
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    if upgrade_header and (chunked or length > 0) and b"upgrade" in conn:
+        # the parser reads an upgrade request as bodiless (what follows its head belongs
+        # to the new protocol): a body would be cut off, or taken for tunnel bytes
+        raise BadRequest("a request asking for a protocol upgrade cannot carry a body")
     if conn:
         extra = conn - STANDARD_CONNECTION_TOKENS
         if extra:
@@ -230,7 +270,9 @@ def parse_response_head(headers: list[tuple[bytes, bytes]], status: int) -> Resp
         elif low == b"content-length":
             length = int(value)
         elif low == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
+            if value.strip().lower() != b"chunked" or chunked:
+                raise BadRequest(f"response Transfer-Encoding {value.decode('latin-1')!r}")
+            chunked = True
         elif low == b"connection":
             conn = conn | _connection_tokens(value)
         elif status == 101 and low == b"upgrade":

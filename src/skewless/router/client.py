@@ -46,7 +46,6 @@ import httptools
 from skewless.core.http_framing import (
     BadRequest,
     RequestHead,
-    check_target,
     parse_request_head,
 )
 from skewless.core.pin import Pin
@@ -261,6 +260,8 @@ class ClientProtocol(asyncio.Protocol):
             self.start_parsed()
             return
         except httptools.HttpParserCallbackError as error:
+            if self.refusal is not None:
+                return  # refused already: the parser only repeats its error on new bytes
             cause = error.__context__
             if isinstance(cause, Refusal):
                 self.refuse(cause.status, str(cause))
@@ -269,6 +270,8 @@ class ClientProtocol(asyncio.Protocol):
                 self.refuse(500, "internal error")
             return
         except httptools.HttpParserError as error:
+            if self.refusal is not None:
+                return
             self.refuse(400, str(error) or "malformed request")
             return
         if self.awaiting_head:
@@ -393,7 +396,8 @@ class ClientProtocol(asyncio.Protocol):
                 head = self.last_head
                 rest = self.last_rest
                 if url[:1] != b"/" or b" " in url or b"\t" in url:
-                    check_target(method, url)
+                    # not origin-form: its authority is checked against Host again
+                    head = parse_request_head(headers, version, method, url, server.pin_headers)
             else:
                 rest = None
                 head = parse_request_head(headers, version, method, url, server.pin_headers)
@@ -568,6 +572,9 @@ class ClientProtocol(asyncio.Protocol):
             ex.status = status
             ex.account()
             self.active = None
+        queue = self.queue
+        if queue and not queue[-1][0].request_done:
+            queue.pop()  # the bad bytes are in the body of the last one queued: never start it
         if self.active is None:
             self.send_refusal()
         elif pending is not None and pending[0] is self.active:

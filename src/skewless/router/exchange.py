@@ -96,6 +96,10 @@ class Exchange:
     memo: tuple[int, bytes, ResponseHead] | None = None
     """(status, reason, parsed head) of the response head httptools parsed, for the
     instance's replay lane."""
+    head_out: list[bytes] | None = None
+    """The client's ``out`` buffer our response head went into, and where: while it is
+    unsent, a failure of the instance can still become a clean 502."""
+    head_at = 0
 
     def __init__(
         self, client: ClientProtocol, method: bytes, upgrade: bool, close: bool, has_body: bool
@@ -420,15 +424,19 @@ class Exchange:
                 self.rechunk = True
             else:
                 self.close_after = True
-        if self.upgrade:
-            self.close_after = True  # the client may already be talking the new protocol
+        if self.upgrade or (self.has_body and not self.request_done):
+            # the client may already be talking the new protocol; or we answer before its
+            # body is in, and we cannot skip the rest of it (the client learns it now)
+            self.close_after = True
         if self.close_after or client.server.draining:
             self.close_after = True
             lines.append(b"Connection: close")
         elif not client.http11:
             lines.append(b"Connection: keep-alive")
         lines.append(b"\r\n")
-        client.out.append(b"\r\n".join(lines))
+        out = self.head_out = client.out
+        self.head_at = len(out)
+        out.append(b"\r\n".join(lines))
         if self.is_head:
             # httptools would wait for Content-Length body bytes that a HEAD never gets.
             self.response_complete(False)
@@ -500,6 +508,12 @@ class Exchange:
         if conn is not None:
             conn.ex = None
             conn.close()
+        out = self.head_out
+        if self.response_started and out is self.client.out and out is not None:
+            # nothing of the response has left yet (the bad bytes came in the same read
+            # as its head): take it back and answer 502 instead of a cut connection
+            del out[self.head_at :]
+            self.response_started = self.rechunk = self.until_close = False
         if self.response_started:
             log.warning("%s (%s): closing the client connection", why, self.instance_id())
             self.status = self.status or 502

@@ -161,6 +161,12 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # ---- httptools callbacks ---------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.ex is None:
+            # more bytes than the response we asked for, in the same read: read as the
+            # next answer they would poison the queue (Kettle 2022), so the connection goes
+            raise BadRequest("a response nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
