@@ -7,6 +7,12 @@ decision (pin -> version -> least outstanding of three instances).
 "cached": a token already verified (dict hit + expiry check) + the same decision.
 "new session": no pin: assignment by weight, a fresh pin signed.
 Targets (issue 2): <= 3 us uncached, <= 1 us cached.
+
+Second table: the same question on the proxy's own path. One request and one response
+go through the real ClientProtocol / UpstreamProtocol with fake transports (no kernel),
+once for an app with pins (a returning client with a valid cookie, on a keep-alive
+connection) and once for an app with ``session.pin: false`` (assignment by weight, no
+pin at all); the difference is what pinning costs per request in the router.
 """
 
 from __future__ import annotations
@@ -49,6 +55,62 @@ def policy():  # type: ignore[no-untyped-def]
         for v, w in (("v1", 0.3), ("v2", 0.7))
     ]
     return compile_policy(pools)
+
+
+class _Transport:
+    def write(self, data: bytes) -> None: ...
+    def writelines(self, data: object) -> None: ...
+    def get_extra_info(self, key: str) -> object:
+        return ("127.0.0.1", 5555)
+
+    def set_write_buffer_limits(self, high: int) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 12:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
+    b"hello, world\n"
+)
+
+
+def proxy_path() -> list[tuple[str, float]]:
+    from skewless.core.route_table import parse_route_table
+    from skewless.router.client import ClientProtocol
+    from skewless.router.server import Options, RouterServer
+    from skewless.router.upstream import UpstreamProtocol
+
+    def one(pin: bool) -> float:
+        codec = PinCodec(KEYS)
+        server = RouterServer(codec, Options())
+        v = {"version": "v1", "weight": 1.0, "instances": [{"id": "a", "address": "127.0.0.1:1"}]}
+        app = {"name": "shop", "session": {"pin": pin}, "versions": [v]}
+        server.apply_table(parse_route_table({"generation": 1, "apps": [app]}))
+        inst = next(iter(server.instances.values()))
+        up = UpstreamProtocol(inst)
+        up.connection_made(_Transport())  # type: ignore[arg-type]
+        inst.idle.append(up)
+        client = ClientProtocol(server)
+        client.connection_made(_Transport())  # type: ignore[arg-type]
+        token = codec.issue("shop", "v1", time.time() - 1).token
+        req = b"GET / HTTP/1.1\r\nHost: shop\r\nCookie: skewless-shop=" + token + b"\r\n\r\n"
+        best = 1e9
+        for _ in range(5):
+            t = time.process_time()
+            for _ in range(20000):
+                client.data_received(req)
+                up.data_received(RESPONSE)
+            best = min(best, (time.process_time() - t) / 20000 * 1e6)
+        return best
+
+    pinned, unpinned = one(True), one(False)
+    return [
+        ("whole request, app with pins (valid cookie, keep-alive)", pinned),
+        ("whole request, app with session.pin false", unpinned),
+        ("=> pin verification + pinned routing on the proxy path", pinned - unpinned),
+    ]
 
 
 def main() -> int:
@@ -103,11 +165,17 @@ def main() -> int:
         ("pin verify + route, cached", best(cached, [cookies[0]] * n), 1.0),
         ("new session: assign + sign", best(new_session, cookies), None),
     ]
+    proxy_rows = proxy_path()
     print("| path | us per request | target |")
     print("|---|---|---|")
     for name, us, target in results:
         limit = f"<= {target:g}" if target else "-"
         print(f"| {name} | {us:.2f} | {limit} |")
+    print()
+    print("| proxy path, in process (fake transports) | us per request |")
+    print("|---|---|")
+    for name, us in proxy_rows:
+        print(f"| {name} | {us:.2f} |")
     print(
         f"\nbest of 5 runs of {n} requests each, Python {sys.version.split()[0]}, "
         "one process, on a machine shared with other jobs."

@@ -88,6 +88,8 @@ class _BackendConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.backend.heads.append((self.parser.get_method().decode(), self.url.decode()))
+        if any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in self.headers):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)

@@ -53,6 +53,12 @@ def test_pinned_session_stays_on_its_version_and_new_sessions_split(
     assert seen_first == {"v1", "v2"}
 
 
+def test_secure_cookies_flag(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]), "--secure-cookies")
+    assert "; Secure" in httpx.get(f"{r.url}/").headers["set-cookie"]
+
+
 def test_header_form_pin_round_trips_and_never_sets_cookie(
     backend_factory: Any, router_factory: Any
 ) -> None:
@@ -478,3 +484,41 @@ def test_http10_keep_alive(backend_factory: Any, router_factory: Any) -> None:
             status, headers, body = read_response(s)
             assert status == 200
             assert headers["connection"] == "keep-alive" and json.loads(body)["path"] == f"/o{i}"
+
+
+def test_expect_100_continue_is_relayed(backend_factory: Any, router_factory: Any) -> None:
+    b = backend_factory("v1")
+    r = router_factory(table([version("v1", 1.0, [instance("i0", b.address)])]))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += s.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body byte was sent
+        s.sendall(b"hello")
+        status, _, body = read_response(s)
+        assert status == 200 and json.loads(body)["len"] == 5
+
+
+def test_503_with_an_unread_body_closes_instead_of_hanging(router_factory: Any) -> None:
+    r = router_factory(table([version("v1", 1.0, [])]))
+    out = raw_exchange(
+        r.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000
+    )
+    assert out.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in out
+    assert b"Connection: close" in out
+
+
+def test_junk_pin_header_does_not_discard_a_valid_cookie(
+    backend_factory: Any, router_factory: Any
+) -> None:
+    b1, b2 = backend_factory("v1"), backend_factory("v2")
+    r = router_factory(two_versions(b1, b2))
+    with httpx.Client(base_url=r.url) as c:
+        v = c.get("/").headers["skewless-version"]
+        for _ in range(8):
+            resp = c.get("/", headers={"Skewless-Pin": "junk"})
+            assert resp.json()["name"] == v
+            assert resp.headers["skewless-pin"].startswith("s1.")

@@ -57,6 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
     p.add_argument("--max-header-size", type=int, default=32 * 1024, metavar="B", help="then 431")
     p.add_argument("--watch-interval", type=float, default=1.0, metavar="S", help="file polling")
+    p.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark pin cookies Secure (clients reach the router through TLS)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 

@@ -188,6 +188,11 @@ class Exchange:
                 token = find_cookie(cookie, app.cookie_b)
             if token:
                 pin = server.codec.verify(app.name, token, now, app.idle, app.life)
+            if pin is None and via_header and cookie is not None:
+                # junk in the header does not throw away a valid cookie pin
+                token = find_cookie(cookie, app.cookie_b)
+                if token:
+                    pin = server.codec.verify(app.name, token, now, app.idle, app.life)
             if pin is not None:
                 pool = app.policy.pools.get(pin.version)
                 if pool is not None and pool.state is not RETIRED:

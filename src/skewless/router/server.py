@@ -58,6 +58,8 @@ class Options:
     eject_time: float = 10.0
     drain_timeout: float = 30.0
     worker: int = 0
+    secure_cookies: bool = False
+    """Mark pin cookies ``Secure`` (the router sits behind a TLS terminator)."""
 
 
 class AppRuntime:
@@ -79,7 +81,12 @@ class AppRuntime:
         "versions_b",
     )
 
-    def __init__(self, route: AppRoute, stats: dict[tuple[str, str], VersionStats]) -> None:
+    def __init__(
+        self,
+        route: AppRoute,
+        stats: dict[tuple[str, str], VersionStats],
+        secure: bool = False,
+    ) -> None:
         self.route = route
         self.name = route.name
         s = route.session
@@ -93,7 +100,7 @@ class AppRuntime:
         self.life = s.max_lifetime
         self.refresh = min(60.0, s.idle_timeout / 10.0)
         """Re-issue a pin this old (seconds): see ``skewless.core.pin.needs_refresh``."""
-        self.cookie_suffix = b"; Path=/; HttpOnly; SameSite=Lax"
+        self.cookie_suffix = b"; Path=/; HttpOnly; SameSite=Lax" + (b"; Secure" if secure else b"")
         self.policy: AppPolicy[Instance] = compile_policy([])
         self.versions_b = {v.version: v.version.encode() for v in route.versions}
         self.stats: dict[str, VersionStats] = {}
@@ -177,7 +184,7 @@ class RouterServer:
                         if inst.check != v.health:
                             inst.check = v.health
                     new[key] = inst
-            apps[route.name] = AppRuntime(route, self.stats)
+            apps[route.name] = AppRuntime(route, self.stats, self.options.secure_cookies)
         for key, inst in old.items():
             if key not in new:
                 inst.removed = True

@@ -50,6 +50,7 @@ class Worker:
             max_head=args.max_header_size,
             drain_timeout=args.drain_timeout,
             worker=index,
+            secure_cookies=args.secure_cookies,
         )
         self.server = RouterServer(codec, options)
         self.initial = table
