@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -151,7 +150,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.sock]))
+        self.server.run(sockets=[self.sock])  # uvloop, as the CLI runs it
 
     def __enter__(self) -> ServerThread:
         self.thread.start()

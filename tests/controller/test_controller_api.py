@@ -174,3 +174,26 @@ def test_openapi_lists_the_contract_paths(client: httpx.Client) -> None:
         "/v1/apps/{app}/releases",
     ]:
         assert path in paths, path
+
+
+def test_app_settings_persist_across_deploys_unless_given(client: httpx.Client) -> None:
+    body = {**DEPLOY, "session": {"idle_timeout": 60}, "hosts": ["shop.example.com", "*.shop.test"]}
+    assert client.post("/v1/apps/shop/deploy", json=body, headers=AUTH).status_code == 201
+    client.post("/v1/apps/shop/abort", headers=AUTH)
+    assert (
+        client.post(
+            "/v1/apps/shop/deploy", json={**DEPLOY, "version": "v2"}, headers=AUTH
+        ).status_code
+        == 201
+    )
+    (app,) = client.get("/v1/routes").json()["apps"]
+    assert app["hosts"] == ["shop.example.com", "*.shop.test"]
+    assert app["session"]["idle_timeout"] == 60.0
+    client.post("/v1/apps/shop/abort", headers=AUTH)
+    body = {**DEPLOY, "version": "v3", "session": {"idle_timeout": 5}}
+    assert client.post("/v1/apps/shop/deploy", json=body, headers=AUTH).status_code == 201
+    (app,) = client.get("/v1/routes").json()["apps"]
+    assert app["session"]["idle_timeout"] == 5.0
+    assert app["hosts"] == ["shop.example.com", "*.shop.test"]
+    r = client.post("/v1/apps/cart/deploy", json={**DEPLOY, "hosts": ["bad host"]}, headers=AUTH)
+    assert r.status_code == 400 and "hosts" in r.json()["error"]

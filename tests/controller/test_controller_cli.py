@@ -32,3 +32,36 @@ def test_bad_options_exit_2_with_one_line(
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_a_second_controller_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "skewless", "controller", "--listen", "127.0.0.1:0"]
+    first = subprocess.Popen(
+        [*cmd, "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert first.stdout is not None and "listening on" in first.stdout.readline()
+        second = subprocess.run(
+            [*cmd, "--state-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "another controller is using" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+        first.stdout.close()  # type: ignore[union-attr]

@@ -39,6 +39,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 URL_PATH = r"^/[!-~]{0,2047}$"
 PERCENT = r"^(100|[1-9]?[0-9])%$"
+HOST_PATTERN = r"^(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*)$"
 Seconds = Annotated[float, Field(gt=0, le=1e9)]
 Count = Annotated[int, Field(ge=0, le=1000)] | Annotated[str, Field(pattern=PERCENT)]
 
@@ -108,6 +109,12 @@ class DeployBody(BaseModel):
     session: SessionBody | None = None
     step_interval: float | None = Field(None, ge=0, le=1e9)
     analysis: bool | AnalysisBody | None = None
+    succeed_when: Literal["live", "retired"] | None = None
+    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] | None = Field(
+        None,
+        min_length=1,
+        description="Host header patterns the app serves (default: the app's, else *)",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -10,11 +10,11 @@ from typing import Any
 from skewless.controller import tables
 from skewless.controller.engine import shift_weight
 from skewless.controller.snapshot import STALE, router_facts
-from skewless.controller.store import RolloutRow, Store, VersionRow
+from skewless.controller.store import AppRow, RolloutRow, Store, VersionRow
 from skewless.controller.tables import agent_instances
 from skewless.core.errors import ClientError, ConfigError
 from skewless.core.model import ROLLOUT_TRANSITIONS, TERMINAL_ROLLOUT_STATES, RolloutState, advance
-from skewless.core.spec import check_name, parse_deploy
+from skewless.core.spec import ResolvedOptions, RolloutOptions, check_name, parse_deploy
 
 
 class ApiError(ClientError):
@@ -63,6 +63,19 @@ def _ensure_live(store: Store, app: str, version: str) -> None:
         )
 
 
+def _app_settings(
+    old: AppRow | None, options: RolloutOptions, resolved: ResolvedOptions
+) -> dict[str, Any]:
+    """The app's session and host settings after a deploy: what the body says, else what
+    the app had (a deploy that does not mention them changes neither), else defaults."""
+    before = old.session if old is not None else {}
+    session = resolved.to_json()["session"]
+    if not options.session_given and old is not None:
+        session = {k: before.get(k, v) for k, v in session.items()}
+    hosts = list(options.hosts) if options.hosts is not None else before.get("hosts", ["*"])
+    return {**session, "hosts": hosts}
+
+
 def deploy(store: Store, app: str, body: object, now: float) -> dict[str, Any]:
     try:
         check_name("app", app)
@@ -93,7 +106,7 @@ def deploy(store: Store, app: str, body: object, now: float) -> dict[str, Any]:
     resolved = options.resolve(instances)
     with store.transaction():
         store.add_release(app, release.version, release.to_json(), now)
-        store.upsert_app(app, resolved.to_json()["session"], now)
+        store.upsert_app(app, _app_settings(store.get_app(app), options, resolved), now)
         _ensure_live(store, app, release.version)
         rollout_id = store.create_rollout(
             app=app,

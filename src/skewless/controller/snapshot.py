@@ -149,6 +149,7 @@ def rollout_spec(row: RolloutRow, drain_timeout: float | None = None) -> Rollout
         step_interval=float(o.get("step_interval", 0.0)),
         analysis=AnalysisSpec(**analysis) if isinstance(analysis, dict) else None,
         drain_timeout=drain_timeout,
+        succeed_when="retired" if o.get("succeed_when") == "retired" else "live",
         app=row.app,
         to_version=row.to_version,
         strategy=row.strategy,  # type: ignore[arg-type]

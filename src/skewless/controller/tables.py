@@ -86,7 +86,7 @@ def build_table(store: Store) -> dict[str, Any]:
         apps.append(
             {
                 "name": app.name,
-                "hosts": ["*"],
+                "hosts": app.session.get("hosts") or ["*"],
                 "session": session_json(app.name, app.session),
                 "versions": versions,
             }
