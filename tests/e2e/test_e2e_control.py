@@ -4,9 +4,12 @@ a step while load says so and lets it go when the load is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,32 +138,38 @@ def test_abort_then_rollback(fleet: Fleet) -> None:
 def test_controller_killed_mid_rollout_resumes(fleet: Fleet) -> None:
     assert fleet.deploy("shop", "v1", *COMMON).returncode == 0
     with SessionLoad(fleet.http, users=4, requests_per_session=6, think=0.1) as load:
+        # `deploy --wait` follows the rollout through the controller's death and restart.
         cmd = fleet.tinyapp("v2", "--start-delay", "1")
-        started = fleet.cli(
-            "deploy", "shop", "v2", "--command", cmd, "--health", "/healthz", *COMMON,
-            "--strategy", "rolling", "--batch", "1",
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "skewless", "deploy", "shop", "v2", "--command", cmd,
+             "--health", "/healthz", *COMMON, "--strategy", "rolling", "--batch", "1",
+             "--wait"],
+            env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
         )  # fmt: skip
-        assert started.returncode == 0, started.stderr
-        wait_for(
-            "a first v2 instance to be ready",
-            lambda: fleet.ready_instances("shop", "v2") >= 1,
-            timeout=60,
-        )
-        controller = fleet.parts()["controller"]["pid"]
-        os.kill(controller, signal.SIGKILL)
-        wait_for(
-            "up to restart the controller",
-            lambda: fleet.parts()["controller"]["restarts"] == 1,
-            timeout=30,
-        )
-        wait_for(
-            "the rollout to succeed after the restart",
-            lambda: (
-                rollout(fleet, "shop").get("state") == "succeeded"
-                and rollout(fleet, "shop").get("to") == "v2"
-            ),
-            timeout=120,
-        )
+        try:
+            wait_for(
+                "a first v2 instance to be ready",
+                lambda: fleet.ready_instances("shop", "v2") >= 1,
+                timeout=60,
+            )
+            assert rollout(fleet, "shop").get("state") == "progressing"  # mid-rollout
+            controller = fleet.parts()["controller"]["pid"]
+            os.kill(controller, signal.SIGKILL)
+            wait_for(
+                "up to restart the controller",
+                lambda: fleet.parts()["controller"]["restarts"] == 1,
+                timeout=30,
+            )
+            out, err = follower.communicate(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait(timeout=10)
+        assert follower.returncode == 0, out + err
+        assert "shop v2: rollout succeeded" in out
+        r = rollout(fleet, "shop")
+        assert (r.get("state"), r.get("to")) == ("succeeded", "v2")
         load.stop()
     assert load.failures() == [], load.failures()[:5]
     assert [s.versions for s in load.mixed()] == []

@@ -64,6 +64,13 @@ def follow_rollout(
             live.start()
         while True:
             round_started = time.monotonic()
+            if deadline is not None and round_started > deadline:
+                print(
+                    f"skewless deploy: still {state_seen or 'pending'} after {timeout:g} s; "
+                    f"the rollout goes on (skewless status {app})",
+                    file=sys.stderr,
+                )
+                return 3
             try:
                 answer = api.get(
                     "/v1/events", params={"app": app, "after": after, "wait": 1}, timeout=10
@@ -107,13 +114,6 @@ def follow_rollout(
                 return 1
             # Pace the rounds even if the events endpoint answers without waiting.
             time.sleep(max(0.0, 0.25 - (time.monotonic() - round_started)))
-            if deadline is not None and time.monotonic() > deadline:
-                print(
-                    f"skewless deploy: still {state_seen or 'pending'} after {timeout:g} s; "
-                    f"the rollout goes on (skewless status {app})",
-                    file=sys.stderr,
-                )
-                return 3
     except KeyboardInterrupt:
         print(f"\nstopped following; the rollout goes on (skewless status {app})", file=sys.stderr)
         return 130
