@@ -44,7 +44,14 @@ from typing import Any
 from skewless.controller import tables
 from skewless.controller.smoke import run_smoke
 from skewless.controller.snapshot import build_snapshot, step_baseline
-from skewless.controller.store import InstanceRow, JournalRow, RolloutRow, Store, VersionRow
+from skewless.controller.store import (
+    InstanceRow,
+    JournalRow,
+    JournalStatus,
+    RolloutRow,
+    Store,
+    VersionRow,
+)
 from skewless.controller.tables import agent_instances
 from skewless.controller.watch import Watch
 from skewless.core.model import ROLLOUT_TRANSITIONS, RolloutState, advance
@@ -126,6 +133,7 @@ class Engine:
         self._smoke = smoke
         self.tick = tick
         self._wake: asyncio.Event | None = None
+        self._failed: set[tuple[int, str]] = set()
         self.steps = 0
 
     def __repr__(self) -> str:
@@ -160,10 +168,10 @@ class Engine:
     def recover(self) -> list[tuple[str, str]]:
         """Settle journal rows left ``recorded`` by a crash; returns (key, outcome) pairs."""
         now = self.clock()
-        outcomes = []
+        outcomes: list[tuple[str, str]] = []
         for row in self.store.journal_pending():
             visible = self._effect_visible(row)
-            status = "done" if visible else "abandoned"
+            status: JournalStatus = "done" if visible else "abandoned"
             rollout = self.store.get_rollout(row.rollout_id)
             with self.store.transaction():
                 self.store.journal_finish(row.rollout_id, row.key, status, now)
@@ -337,6 +345,31 @@ class Engine:
             except Exception as exc:  # a smoke check must never kill the engine
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             now = self.clock()
+        try:
+            self._take(rollout, action, now, ok, detail)
+        except Exception as exc:  # the effect rolled back: the action was not taken
+            first = (rollout.id, key) not in self._failed
+            self._failed.add((rollout.id, key))
+            if first:
+                log.exception("could not take %s", key)
+            with self.store.transaction():
+                self.store.journal_finish(rollout.id, key, "abandoned", now)
+                if first:  # say it once, not at every tick
+                    self.store.add_event(
+                        app=rollout.app,
+                        kind="error",
+                        message=f"could not {describe(action)}: {type(exc).__name__}: {exc}",
+                        now=now,
+                        data={"rollout_id": rollout.id, "key": key},
+                    )
+            return False
+        self.watch.notify()
+        return True
+
+    def _take(
+        self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
+    ) -> None:
+        key = action.key
         with self.store.transaction():
             self._apply(rollout, action, now, ok, detail)
             self.store.journal_finish(rollout.id, key, "done", now)
@@ -351,8 +384,6 @@ class Engine:
                 now=now,
                 data={"rollout_id": rollout.id, "key": key, "action": action_json(action)},
             )
-        self.watch.notify()
-        return True
 
     def _apply(
         self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
@@ -411,16 +442,16 @@ class Engine:
                 )
                 tables.publish_table(s)
             case RetireVersion():
-                v = s.get_version(app, action.version)
-                if v is not None:
+                old = s.get_version(app, action.version)
+                if old is not None:
                     s.put_version(
                         VersionRow(
                             app=app,
-                            version=v.version,
+                            version=old.version,
                             state="retired",
                             weight=0.0,
-                            live_since=v.live_since,
-                            weight_zero_since=v.weight_zero_since or now,
+                            live_since=old.live_since,
+                            weight_zero_since=old.weight_zero_since or now,
                         )
                     )
                 tables.publish_table(s)
