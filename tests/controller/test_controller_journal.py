@@ -10,7 +10,8 @@ import asyncio
 from pathlib import Path
 
 from skewless.controller import ops
-from skewless.controller.engine import Engine, action_json
+from skewless.controller.actions import action_json
+from skewless.controller.engine import Engine
 from skewless.controller.store_sqlite import SqliteStore
 from skewless.controller.watch import Watch
 from skewless.core.plan import AddToTable, FleetSnapshot, Plan, StartInstance
