@@ -1,16 +1,19 @@
-"""`skewless demo` as a test (issue 5): a real local fleet (`skewless up`: controller,
-router, 4 agents), the wizard v1, simulated users, v2 rolling then v3 side-by-side, and
-the control run without pins. Small numbers; one fleet for the whole story."""
+"""`skewless demo --exit --json --compare` as a test (issue 5): a real local fleet
+(`skewless up`: controller, router, 4 agents), the wizard v1, simulated users, v2 rolling
+then v3 side-by-side, and the control run without pins. Small numbers; one fleet."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-
-from skewless.demo.story import Story, StoryOptions, StoryResult, descendants
+SRC = Path(__file__).resolve().parents[2] / "src"
+IDLE = 4.0
 
 
 def _free() -> str:
@@ -19,59 +22,92 @@ def _free() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_releases_under_load_have_no_failures_and_no_mixed_sessions_unless_unpinned(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_demo_releases_have_no_failures_and_no_mixed_sessions_unless_unpinned(
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("SKEWLESS_HOME", str(tmp_path / "home"))
-    opts = StoryOptions(
-        hosts=4,
-        users=6,
-        think=0.1,
-        idle_timeout=4.0,
-        warmup=1.0,
-        release_timeout=90.0,
-        http=_free(),
-        api=_free(),
-        state=tmp_path / "state",
-        compare=True,
+    state = tmp_path / "state"
+    argv = [
+        sys.executable,
+        "-m",
+        "skewless",
+        "demo",
+        "--exit",
+        "--json",
+        "--compare",
+        "--users",
+        "6",
+        "--think",
+        "0.1",
+        "--idle-timeout",
+        str(IDLE),
+        "--http",
+        _free(),
+        "--api",
+        _free(),
+        "--state",
+        str(state),
+        "--release-timeout",
+        "80",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SKEWLESS_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
-    story = Story(opts, lambda line: None, lambda view: None)
-
-    async def run() -> StoryResult:
-        try:
-            return await story.run()
-        finally:
-            if story.api is not None:
-                await story.api.close()
-
     try:
-        result = asyncio.run(run())
+        out, err = proc.communicate(timeout=110)
     finally:
-        up_pid = story.up.pid if story.up is not None else None
-        if story.up is not None:
-            story.up.stop()
-    assert up_pid is not None and descendants(up_pid) == []
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        left = _processes_mentioning(str(state))
+        for pid in left:  # only if the demo failed to stop its fleet
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], "the demo left fleet processes running"
+    assert proc.returncode == 0, err[-2000:]
+    result = json.loads(out)
+    assert result["ok"] is True
 
-    rolling, side = result.releases
-    assert (rolling.version, rolling.strategy) == ("v2", "rolling")
-    assert (side.version, side.strategy) == ("v3", "side-by-side")
-    for r in result.releases:
-        assert r.rollout_state == "succeeded", r
-        assert r.requests > 0 and r.sessions > 0
-        assert r.failed_requests == 0, r.errors_by_status
-        assert r.mixed_sessions == 0
+    rolling, side = result["releases"]
+    assert (rolling["version"], rolling["strategy"]) == ("v2", "rolling")
+    assert (side["version"], side["strategy"]) == ("v3", "side-by-side")
+    for r in result["releases"]:
+        assert r["rollout_state"] == "succeeded", r
+        assert r["requests"] > 0 and r["sessions"] > 0
+        assert r["failed_requests"] == 0, r["errors_by_status"]
+        assert r["mixed_sessions"] == 0
         # Retired only after its sessions went idle: no request reached the old version
         # for at least the idle timeout before it was retired.
-        assert r.retire_reason == "sessions_idle"
-        assert r.idle_gap is not None and r.idle_gap >= opts.idle_timeout
-        assert r.min_ready >= r.floor
-        assert r.extra_hosts == 0
-    assert rolling.peak_extra_processes == 0  # rolling replaces in place
-    assert side.peak_extra_processes > 0  # side-by-side pays with processes, not hosts
-    assert result.ok
+        assert r["retire_reason"] == "sessions_idle"
+        assert r["old_idle_before_retire"] >= IDLE
+        assert r["min_ready_instances"] >= r["floor"] == 3
+        assert r["extra_hosts"] == 0
+    assert rolling["peak_extra_processes"] == 0  # rolling replaces in place
+    assert side["peak_extra_processes"] > 0  # side-by-side pays with processes, not hosts
 
     # The control run: the same kinds of release with session.pin = false.
-    assert [(r.version, r.pinned) for r in result.control] == [("v4", False), ("v5", False)]
-    assert sum(r.mixed_sessions for r in result.control) > 0
-    statuses = {s for r in result.control for s in r.errors_by_status}
+    control = result["control"]
+    assert [(r["version"], r["strategy"], r["pinned"]) for r in control] == [
+        ("v4", "rolling", False),
+        ("v5", "side-by-side", False),
+    ]
+    assert sum(r["mixed_sessions"] for r in control) > 0
+    statuses = {s for r in control for s in r["errors_by_status"]}
     assert statuses and statuses <= {"409", "422"}

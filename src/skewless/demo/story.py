@@ -753,7 +753,10 @@ def main(argv: list[str]) -> int:
 
     def show(text: Any) -> None:
         if live is not None:
-            live.update(text)
+            from rich.panel import Panel
+            from rich.text import Text
+
+            live.update(Panel(Text(text), title="skewless demo", border_style="blue"))
         elif text.splitlines()[0].split("rollout", 1)[-1] != last[0]:
             # Off a terminal, only state changes, one line each.
             last[0] = text.splitlines()[0].split("rollout", 1)[-1]
