@@ -84,6 +84,18 @@ def test_refresh_schedule_and_max_age() -> None:
     assert cookie_max_age(late, NOW + LIFE - 100, IDLE, LIFE) == 100
 
 
+@given(st.floats(min_value=0.0, max_value=0.999), st.floats(min_value=1.0, max_value=600.0))
+def test_cookie_outlives_the_routers_own_check(frac: float, idle: float) -> None:
+    """The browser keeps the cookie at least as long as the router honours the pin."""
+    c = codec()
+    now = NOW + frac
+    pin = c.issue("shop", "v1", now)
+    age = cookie_max_age(pin, now, idle, LIFE)
+    router_expiry = pin.seen_at + idle
+    assert now + age >= router_expiry
+    assert now + age < router_expiry + 1
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

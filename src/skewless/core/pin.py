@@ -316,9 +316,14 @@ def needs_refresh(pin: Pin, now: float, idle_timeout: float) -> bool:
 
 
 def cookie_max_age(pin: Pin, now: float, idle_timeout: float, max_lifetime: float) -> int:
-    """Seconds the browser should keep the cookie: the sooner of idle and absolute expiry."""
+    """Seconds the browser should keep the cookie: the sooner of idle and absolute expiry.
+
+    Rounded up: the router checks the expiry itself, so the cookie must never vanish
+    from the browser before the router would stop honouring it (rounding down cost up
+    to a second, which matters with idle timeouts of a few seconds).
+    """
     left = min(pin.seen_at + idle_timeout, pin.issued_at + max_lifetime) - now
-    return max(0, int(left))
+    return max(0, -int(-left // 1))
 
 
 _COOKIE_RES: dict[bytes, Callable[[bytes], re.Match[bytes] | None]] = {}
