@@ -172,6 +172,8 @@ class ServerThread:
 class _InstanceHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv: Any = self.server
+        if self.headers.get("Skewless-Smoke") and srv.smoke_gate is not None:
+            srv.smoke_gate.wait(30)  # hold smoke checks until the test lets them through
         status = 500 if srv.broken else 200
         body = f"{srv.version}\n".encode()
         self.send_response(status)
@@ -184,8 +186,11 @@ class _InstanceHandler(BaseHTTPRequestHandler):
 
 
 class _Instance:
-    def __init__(self, version: str, broken: bool) -> None:
+    def __init__(
+        self, version: str, broken: bool, smoke_gate: threading.Event | None = None
+    ) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _InstanceHandler)
+        self.httpd.smoke_gate = smoke_gate  # type: ignore[attr-defined]
         self.httpd.daemon_threads = True
         self.httpd.version = version  # type: ignore[attr-defined]
         self.httpd.broken = broken  # type: ignore[attr-defined]
@@ -208,6 +213,8 @@ class FakeAgent:
     slots: int = 4
     token: str | None = None
     broken_versions: set[str] = field(default_factory=set)
+    smoke_gate: threading.Event | None = None
+    """When set, instances answer smoke checks only once this event is set."""
     """Instances of these versions answer 500 (smoke checks fail)."""
     runs_instead: dict[str, str] = field(default_factory=dict)
     """Report this version instead of the asked one (a host running the wrong thing)."""
@@ -259,7 +266,9 @@ class FakeAgent:
             iid, version = item["id"], item["version"]
             if item["desired"] == "running" and iid not in self.running:
                 runs = self.runs_instead.get(version, version)
-                inst = _Instance(runs, broken=version in self.broken_versions)
+                inst = _Instance(
+                    runs, broken=version in self.broken_versions, smoke_gate=self.smoke_gate
+                )
                 self.running[iid] = inst
                 self.states[iid] = {
                     "id": iid,

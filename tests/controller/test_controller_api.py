@@ -174,3 +174,56 @@ def test_openapi_lists_the_contract_paths(client: httpx.Client) -> None:
         "/v1/apps/{app}/releases",
     ]:
         assert path in paths, path
+
+
+def test_app_settings_persist_across_deploys_unless_given(client: httpx.Client) -> None:
+    body = {**DEPLOY, "session": {"idle_timeout": 60}, "hosts": ["shop.example.com", "*.shop.test"]}
+    assert client.post("/v1/apps/shop/deploy", json=body, headers=AUTH).status_code == 201
+    client.post("/v1/apps/shop/abort", headers=AUTH)
+    assert (
+        client.post(
+            "/v1/apps/shop/deploy", json={**DEPLOY, "version": "v2"}, headers=AUTH
+        ).status_code
+        == 201
+    )
+    (app,) = client.get("/v1/routes").json()["apps"]
+    assert app["hosts"] == ["shop.example.com", "*.shop.test"]
+    assert app["session"]["idle_timeout"] == 60.0
+    client.post("/v1/apps/shop/abort", headers=AUTH)
+    body = {**DEPLOY, "version": "v3", "session": {"idle_timeout": 5}}
+    assert client.post("/v1/apps/shop/deploy", json=body, headers=AUTH).status_code == 201
+    (app,) = client.get("/v1/routes").json()["apps"]
+    assert app["session"]["idle_timeout"] == 5.0
+    assert app["hosts"] == ["shop.example.com", "*.shop.test"]
+    r = client.post("/v1/apps/cart/deploy", json={**DEPLOY, "hosts": ["bad host"]}, headers=AUTH)
+    assert r.status_code == 400 and "hosts" in r.json()["error"]
+
+
+def test_long_polls_wake_on_a_change(client: httpx.Client) -> None:
+    import threading
+
+    gen = client.get("/v1/routes").json()["generation"]
+    got: dict[str, httpx.Response] = {}
+
+    def poll(name: str, path: str, params: dict[str, object]) -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as c:
+            got[name] = c.get(path, params=params)
+
+    threads = [
+        threading.Thread(
+            target=poll, args=("routes", "/v1/routes", {"generation": gen, "wait": 20})
+        ),
+        threading.Thread(target=poll, args=("events", "/v1/events", {"after": 0, "wait": 20})),
+    ]
+    for t in threads:
+        t.start()
+    # nothing has changed yet; if the polls are parked when the deploy lands, only a wake
+    # makes them answer 200 before their 20 s are up (a broken wake answers 204)
+    assert client.get("/v1/routes", params={"generation": gen, "wait": 0}).status_code == 204
+    assert client.post("/v1/apps/shop/deploy", json=DEPLOY, headers=AUTH).status_code == 201
+    for t in threads:
+        t.join(30)
+    assert got["routes"].status_code == 200
+    assert got["routes"].json()["generation"] > gen
+    assert [a["name"] for a in got["routes"].json()["apps"]] == ["shop"]
+    assert [e["kind"] for e in got["events"].json()["events"]] == ["deploy"]

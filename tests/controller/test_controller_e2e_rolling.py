@@ -165,7 +165,7 @@ def _deploy(f: dict[str, Any], version: str) -> None:
     body = {
         "version": version,
         "command": [sys.executable, f["app"], "{port}", version],
-        "health": {"path": "/healthz", "timeout": 1},
+        "health": {"path": "/healthz", "timeout": 5},
         "instances": 2,
         "strategy": "rolling",
         "drain_timeout": 5,

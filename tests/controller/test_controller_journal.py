@@ -10,7 +10,8 @@ import asyncio
 from pathlib import Path
 
 from skewless.controller import ops
-from skewless.controller.engine import Engine, action_json
+from skewless.controller.actions import action_json
+from skewless.controller.engine import Engine
 from skewless.controller.store_sqlite import SqliteStore
 from skewless.controller.watch import Watch
 from skewless.core.plan import AddToTable, FleetSnapshot, Plan, StartInstance
@@ -74,4 +75,41 @@ def test_a_done_action_is_never_taken_twice(tmp_path: Path) -> None:
     assert store.get_instance("h1/shop/v1/0").table_state == "absent"  # not re-added
     taken = [e.data["key"] for e in store.list_events(app="shop") if e.kind == "action"]
     assert taken == [start.key, add.key]
+    store.close()
+
+
+def test_an_action_that_cannot_be_taken_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    from skewless.core.model import RolloutState
+    from skewless.core.plan import FinishRollout
+
+    store, rid = _setup(tmp_path)
+    ops.abort(store, "shop", 11.0)
+    bad = FinishRollout(state=RolloutState.SUCCEEDED, reason="nope")  # aborted is terminal
+    engine = Engine(store, Watch(), clock=lambda: 12.0, planner=lambda s: Plan(actions=(bad,)))
+    asyncio.run(engine.step(rid))
+    asyncio.run(engine.step(rid))  # proposed again: reported once
+    assert store.get_rollout(rid).state == "aborted"
+    assert store.journal_get(rid, bad.key).status == "abandoned"
+    (error,) = [e for e in store.list_events(app="shop") if e.kind == "error"]
+    assert "illegal transition aborted -> succeeded" in error.message
+    store.close()
+
+
+def test_a_rollout_that_waits_past_its_deadline_fails_with_the_reason(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "d.db")
+    body = {"version": "v1", "command": ["app", "{port}"], "progress_deadline": 60}
+    rid = ops.deploy(store, "shop", body, 10.0)["rollout"]["id"]
+    now = [10.0]
+    engine = Engine(
+        store, Watch(), clock=lambda: now[0], planner=lambda s: Plan(waiting_for="no live hosts")
+    )
+    asyncio.run(engine.step(rid))
+    now[0] = 10.0 + 60 * 1.05  # within the grace the planner has to decide itself
+    asyncio.run(engine.step(rid))
+    assert store.get_rollout(rid).state == "progressing"
+    now[0] = 10.0 + 60 * 1.2
+    asyncio.run(engine.step(rid))
+    rollout = store.get_rollout(rid)
+    assert rollout.state == "failed"
+    assert rollout.reason == "no progress within the progress deadline (60s): no live hosts"
     store.close()

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,18 @@ def _actions(c: Controller) -> int:
     return len([e for e in _get(c, "/v1/events", app="shop")["events"] if e["kind"] == "action"])
 
 
+def _recorded(c: Controller, prefix: str) -> str | None:
+    """A journal key recorded but not yet done (read straight from the store)."""
+    db = sqlite3.connect(f"file:{c.state / 'controller.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT key FROM journal WHERE status = 'recorded' AND key LIKE ?", (prefix + "%",)
+        ).fetchone()
+    finally:
+        db.close()
+    return str(row[0]) if row else None
+
+
 def _finished(c: Controller, version: str) -> bool:
     rollout = _get(c, "/v1/apps/shop")["rollout"]
     return bool(rollout["to"] == version and rollout["state"] == "succeeded")
@@ -115,9 +128,13 @@ def test_kill9_at_random_points_resumes_and_takes_no_action_twice(controller: Co
     rng = random.Random(seed)
     print(f"kill -9 test seed {seed}")
     c = controller
-    agents = [FakeAgent(c.url, f"h{i}", token=TOKEN, poll_wait=1.0) for i in (1, 2)]
+    gate = threading.Event()  # smoke checks hang until the gate opens
+    agents = [
+        FakeAgent(c.url, f"h{i}", token=TOKEN, poll_wait=1.0, smoke_gate=gate) for i in (1, 2)
+    ]
     router = FakeRouter(c.url, token=TOKEN, poll_wait=1.0)
     kills = mid_rollout = 0
+    smoke_key = None
     try:
         for part in (*agents, router):
             part.__enter__()
@@ -128,9 +145,20 @@ def test_kill9_at_random_points_resumes_and_takes_no_action_twice(controller: Co
                 "command": ["app", "--port", "{port}"],
                 "instances": 2,
                 "session": {"idle_timeout": 0.3},
+                "health": {"timeout": 20},  # a held smoke check must outlast a slow test
             }
             r = httpx.post(f"{c.url}/v1/apps/shop/deploy", json=body, headers=AUTH, timeout=5)
             assert r.status_code == 201, r.text
+            # first a kill in the middle of a smoke check (journal says "recorded"): the
+            # restarted controller must leave it to the planner, which checks again
+            if version == "v2":
+                gate.clear()
+                smoke_key = wait_for(lambda: _recorded(c, "smoke:"), what="a smoke check under way")
+                c.kill9()
+                kills += 1
+                mid_rollout += 1
+                c.start()
+            gate.set()
             # kill after each of the first few actions (plus a random few ms), restart
             for _ in range(4):
                 if _finished(c, version):
@@ -167,10 +195,15 @@ def test_kill9_at_random_points_resumes_and_takes_no_action_twice(controller: Co
             (json.loads(d)["rollout_id"], json.loads(d)["key"])
             for (d,) in db.execute("SELECT data FROM events WHERE kind = 'action'")
         ]
+        recovered_events = db.execute("SELECT data FROM events WHERE kind = 'recovered'").fetchall()
     finally:
         db.close()
-    recovered = [k for r, k, st in journal if st == "abandoned"]
-    print(f"kills mid-rollout: {mid_rollout}, abandoned journal entries: {recovered}")
+    recovered = [(json.loads(d)["key"], json.loads(d)["outcome"]) for (d,) in recovered_events]
+    # the interrupted smoke check was not marked taken; it was taken after the restart
+    (outcome,) = [json.loads(d) for (d,) in recovered_events if json.loads(d)["key"] == smoke_key]
+    assert outcome["outcome"] == "abandoned"
+    assert any(k == smoke_key for _, k in taken)
+    print(f"kills mid-rollout: {mid_rollout}, recovered after restarts: {recovered}")
     # every action was journaled, none is left half-taken, none was taken twice
     assert all(status in ("done", "abandoned") for _, _, status in journal)
     assert len(taken) == len(set(taken)), "an action was taken twice"

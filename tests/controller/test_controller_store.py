@@ -77,6 +77,15 @@ def test_generations_only_grow_and_survive_reopen(tmp_path: Path) -> None:
     s.update_instance("h1/shop/v1/0", desired="stopped")
     assert tables.publish_desired(s, "h1") == d1 + 1
     assert tables.desired_state(s, "h1")["instances"][0]["desired"] == "stopped"
+    # still running says the agent: it stays listed as stopped
+    report = {"slots": 1, "instances": [{"id": "h1/shop/v1/0", "state": "ready"}]}
+    s.save_host_report("h1", report, 2.0)
+    assert tables.publish_desired(s, "h1") == d1 + 1
+    # once the agent reports it stopped, it is left out (and the agent forgets it)
+    report["instances"][0]["state"] = "stopped"
+    s.save_host_report("h1", report, 3.0)
+    assert tables.publish_desired(s, "h1") == d1 + 2
+    assert tables.desired_state(s, "h1")["instances"] == []
     s.close()
 
 

@@ -72,3 +72,25 @@ def test_rollback_of_a_broken_release_retires_it_at_once(fleet: Fleet) -> None:
     assert status["versions"][0]["weight"] == 1.0
     assert any("retire v2 (rolled_back)" in e["message"] for e in fleet.events("action"))
     wait_for(lambda: fleet.rollout_state("succeeded"), what="rollback rollout")
+
+
+def test_succeed_when_retired_waits_for_the_old_sessions(fleet: Fleet) -> None:
+    fleet.deploy("v1", strategy="side-by-side", session={"idle_timeout": 300})
+    wait_for(lambda: fleet.rollout_state("succeeded"), what="v1 rollout")
+    fleet.router.traffic["v1"] = {"rps": 1.0, "sessions": 2, "last_pinned_at": fleet.clock()}
+    fleet.deploy(
+        "v2", strategy="side-by-side", session={"idle_timeout": 300}, succeed_when="retired"
+    )
+    status = wait_for(
+        lambda: (
+            (s := fleet.status())["versions"][1]["weight"] == 1.0
+            and "v1 keeps serving its sessions" in (s["rollout"]["waiting_for"] or "")
+            and s
+        ),
+        what="v2 takes new sessions while v1 serves its own",
+    )
+    assert status["rollout"]["state"] == "progressing"
+    fleet.router.traffic["v1"] = {"rps": 0.0, "sessions": 0, "last_pinned_at": fleet.clock()}
+    fleet.clock.offset += 301
+    status = wait_for(lambda: fleet.rollout_state("succeeded"), what="success after retirement")
+    assert status["versions"][0]["state"] == "retired"

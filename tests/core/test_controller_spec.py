@@ -51,6 +51,7 @@ def test_steps_end_at_one_and_accept_percentages() -> None:
         ),
         ({"capacity": 0}, "release.capacity must be greater than 0"),
         ({"colour": "blue"}, "unknown field 'colour'"),
+        ({"succeed_when": "soon"}, 'rollout.succeed_when must be "live" or "retired"'),
         ({"health": {"path": "/h", "verb": "GET"}}, "unknown field release.health.verb"),
     ],
 )

@@ -13,18 +13,25 @@ import hmac
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skewless import __version__
-from skewless.controller import ops, tables
+from skewless.controller import ops, status, tables
 from skewless.controller.engine import Engine, Planner
-from skewless.controller.ops import ApiError
+from skewless.controller.schemas import (
+    NAME,
+    AgentReport,
+    DeployBody,
+    ErrorBody,
+    RollbackBody,
+    RouterReport,
+)
+from skewless.controller.status import ApiError
 from skewless.controller.store import Store
 from skewless.controller.watch import Watch
 
@@ -34,157 +41,6 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
 # ---- request bodies (OpenAPI); deep validation is skewless.core.spec ---------------------
-
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-URL_PATH = r"^/[!-~]{0,2047}$"
-PERCENT = r"^(100|[1-9]?[0-9])%$"
-Seconds = Annotated[float, Field(gt=0, le=1e9)]
-Count = Annotated[int, Field(ge=0, le=1000)] | Annotated[str, Field(pattern=PERCENT)]
-
-
-class SessionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    idle_timeout: Seconds | None = None
-    max_lifetime: Seconds | None = None
-    """At least ``idle_timeout``."""
-    pin: bool | None = None
-
-
-class HealthBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field("/healthz", pattern=URL_PATH)
-    status: int = Field(200, ge=100, le=599)
-    timeout: Seconds | None = None
-    interval: Seconds | None = None
-
-
-class SmokeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(pattern=URL_PATH)
-    status: int = Field(200, ge=100, le=599)
-
-
-class AnalysisBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_requests: int | None = Field(None, ge=1, le=10**9)
-    max_error_rate_increase: float | None = Field(None, ge=0, le=1e9)
-    max_error_rate: float | None = Field(None, ge=0, le=1e9)
-    max_p99_ratio: float | None = Field(None, ge=0, le=1e9)
-    p99_slack_ms: float | None = Field(None, ge=0, le=1e9)
-
-
-class DeployBody(BaseModel):
-    """Release spec and rollout options (issue 4's ``skewless deploy`` flags).
-
-    The schema holds the per-field rules; the few that span fields (``steps`` increase,
-    ``max_lifetime >= idle_timeout``) are checked by ``skewless.core.spec`` (400).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    version: str = Field(pattern=NAME)
-    command: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1,
-        json_schema_extra={"contains": {"type": "string", "pattern": "\\{port\\}"}},
-        description='argv; one argument contains "{port}"',
-    )
-    env: dict[Annotated[str, Field(min_length=1)], str] | None = None
-    health: HealthBody | None = None
-    smoke: list[SmokeBody] | None = None
-    drain_timeout: float | None = Field(None, ge=0, le=1e9)
-    capacity: Seconds | None = None
-    instances: int | None = Field(None, ge=1, le=1000)
-    strategy: Literal["rolling", "side-by-side", "surge"] | None = None
-    batch: Annotated[int, Field(ge=1, le=1000)] | Annotated[str, Field(pattern=PERCENT)] | None = (
-        None
-    )
-    max_unavailable: Count | None = None
-    max_surge: Count | None = None
-    steps: (
-        list[Annotated[float, Field(gt=0, le=1)] | Annotated[str, Field(pattern=PERCENT)]] | None
-    ) = Field(None, min_length=1, description="increasing shares of new sessions")
-    headroom: float | None = Field(None, ge=1, le=1e9)
-    progress_deadline: Seconds | None = None
-    session: SessionBody | None = None
-    step_interval: float | None = Field(None, ge=0, le=1e9)
-    analysis: bool | AnalysisBody | None = None
-
-
-class ErrorBody(BaseModel):
-    error: str
-    """What is wrong, naming the field and the fix."""
-
-
-class RollbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    broken: bool = True
-    """The release rolled back from is broken: sessions pinned to it are re-pinned."""
-
-
-class RouterVersionReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    version: str
-    requests: int = 0
-    errors_5xx: int = 0
-    connect_failures: int = 0
-    rps: float = 0.0
-    latency_ms: dict[str, int] | None = None
-    last_pinned_at: float | None = None
-    sessions: int = 0
-
-
-class RouterAppReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    app: str
-    versions: list[RouterVersionReport] = []
-
-
-class RouterInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    id: str
-    inflight: int = 0
-    healthy: bool | None = None
-
-
-class RouterReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    router_id: str | None = None
-    generation: int = Field(ge=0)
-    time: float | None = None
-    apps: list[RouterAppReport] = []
-    instances: list[RouterInstanceReport] = []
-
-
-class HealthReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    ok: bool | None = None
-    status: int | None = None
-    at: float | None = None
-    error: str | None = None
-
-
-class AgentInstanceReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    id: str
-    app: str | None = None
-    version: str | None = None
-    state: str | None = None
-    address: str | None = None
-    pid: int | None = None
-    restarts: int = 0
-    health: HealthReport | None = None
-    reason: str | None = None
-
-
-class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    host_id: str | None = None
-    slots: int = Field(default=1, ge=0, le=100000)
-    generation: int = Field(default=0, ge=0)
-    instances: list[AgentInstanceReport] = []
-
-
-# ---- app ---------------------------------------------------------------------------------
 
 
 LONG_POLLS = ("/v1/routes", "/v1/hosts/{host_id}/desired")
@@ -380,6 +236,7 @@ def create_app(
         with store.transaction():
             store.save_host_report(host_id, body.model_dump(mode="json"), clock())
             tables.publish_table(store)  # an instance's address may have changed
+            tables.publish_desired(store, host_id)  # stopped instances can be forgotten
         watch.notify()
         engine.wake()
         return Response(status_code=204)
@@ -415,15 +272,15 @@ def create_app(
 
     @v1.get("/apps", summary="List apps")
     async def get_apps() -> JSONResponse:
-        return JSONResponse(ops.list_apps(store))
+        return JSONResponse(status.list_apps(store))
 
     @v1.get("/apps/{app}", summary="An app's status (skewless status APP --json)")
     async def get_app(app: str = AppName) -> JSONResponse:
-        return JSONResponse(ops.app_status(store, app, clock()))
+        return JSONResponse(status.app_status(store, app, clock()))
 
     @v1.get("/apps/{app}/releases", summary="An app's releases")
     async def get_releases(app: str = AppName) -> JSONResponse:
-        return JSONResponse(ops.list_releases(store, app))
+        return JSONResponse(status.list_releases(store, app))
 
     @v1.post("/apps/{app}/pause", summary="Pause the app's rollout")
     async def post_pause(app: str = AppName) -> JSONResponse:
@@ -462,7 +319,7 @@ def create_app(
 
     @v1.get("/hosts", summary="Hosts and their agents")
     async def get_hosts() -> JSONResponse:
-        return JSONResponse(ops.list_hosts(store, clock()))
+        return JSONResponse(status.list_hosts(store, clock()))
 
     app.include_router(v1)
     _document_errors(app)

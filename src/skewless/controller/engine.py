@@ -35,16 +35,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
 from skewless.controller import tables
+from skewless.controller.actions import action_json, describe, gist, shift_weight
 from skewless.controller.smoke import run_smoke
 from skewless.controller.snapshot import build_snapshot, step_baseline
-from skewless.controller.store import InstanceRow, JournalRow, RolloutRow, Store, VersionRow
+from skewless.controller.store import (
+    InstanceRow,
+    JournalRow,
+    JournalStatus,
+    RolloutRow,
+    Store,
+    VersionRow,
+)
 from skewless.controller.tables import agent_instances
 from skewless.controller.watch import Watch
 from skewless.core.model import ROLLOUT_TRANSITIONS, RolloutState, advance
@@ -78,36 +84,6 @@ def default_planner() -> Planner:
     return plan
 
 
-def action_json(action: Action) -> dict[str, Any]:
-    data = asdict(action)
-    for k, v in data.items():
-        if hasattr(v, "value"):
-            data[k] = v.value
-    return data
-
-
-def describe(action: Action) -> str:
-    match action:
-        case StartInstance():
-            return f"start {action.instance_id} ({action.version})"
-        case RunSmoke():
-            return f"smoke-check {action.instance_id}"
-        case AddToTable():
-            return f"add {action.instance_id} to the route table"
-        case DrainInstance():
-            return f"drain {action.instance_id}"
-        case StopInstance():
-            return f"stop {action.instance_id}"
-        case SetWeights():
-            shares = ", ".join(f"{v} {w:.0%}" for v, w in action.weights)
-            return f"new sessions: {shares}"
-        case RetireVersion():
-            return f"retire {action.version} ({action.reason})"
-        case FinishRollout():
-            return f"rollout {action.state.value}: {action.reason}"
-    return action.key  # pragma: no cover
-
-
 class Engine:
     def __init__(
         self,
@@ -126,6 +102,7 @@ class Engine:
         self._smoke = smoke
         self.tick = tick
         self._wake: asyncio.Event | None = None
+        self._failed: set[tuple[int, str]] = set()
         self.steps = 0
 
     def __repr__(self) -> str:
@@ -160,10 +137,10 @@ class Engine:
     def recover(self) -> list[tuple[str, str]]:
         """Settle journal rows left ``recorded`` by a crash; returns (key, outcome) pairs."""
         now = self.clock()
-        outcomes = []
+        outcomes: list[tuple[str, str]] = []
         for row in self.store.journal_pending():
             visible = self._effect_visible(row)
-            status = "done" if visible else "abandoned"
+            status: JournalStatus = "done" if visible else "abandoned"
             rollout = self.store.get_rollout(row.rollout_id)
             with self.store.transaction():
                 self.store.journal_finish(row.rollout_id, row.key, status, now)
@@ -257,7 +234,7 @@ class Engine:
                 rollout,
                 plan.waiting_for,
                 now,
-                event=_gist(plan.waiting_for) != _gist(rollout.waiting_for),
+                event=gist(plan.waiting_for) != gist(rollout.waiting_for),
             )
         actions = () if rollout.state == RolloutState.PAUSED else plan.actions
         for action in actions:
@@ -337,6 +314,31 @@ class Engine:
             except Exception as exc:  # a smoke check must never kill the engine
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             now = self.clock()
+        try:
+            self._take(rollout, action, now, ok, detail)
+        except Exception as exc:  # the effect rolled back: the action was not taken
+            first = (rollout.id, key) not in self._failed
+            self._failed.add((rollout.id, key))
+            if first:
+                log.exception("could not take %s", key)
+            with self.store.transaction():
+                self.store.journal_finish(rollout.id, key, "abandoned", now)
+                if first:  # say it once, not at every tick
+                    self.store.add_event(
+                        app=rollout.app,
+                        kind="error",
+                        message=f"could not {describe(action)}: {type(exc).__name__}: {exc}",
+                        now=now,
+                        data={"rollout_id": rollout.id, "key": key},
+                    )
+            return False
+        self.watch.notify()
+        return True
+
+    def _take(
+        self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
+    ) -> None:
+        key = action.key
         with self.store.transaction():
             self._apply(rollout, action, now, ok, detail)
             self.store.journal_finish(rollout.id, key, "done", now)
@@ -351,8 +353,6 @@ class Engine:
                 now=now,
                 data={"rollout_id": rollout.id, "key": key, "action": action_json(action)},
             )
-        self.watch.notify()
-        return True
 
     def _apply(
         self, rollout: RolloutRow, action: Action, now: float, ok: bool, detail: str | None
@@ -411,16 +411,16 @@ class Engine:
                 )
                 tables.publish_table(s)
             case RetireVersion():
-                v = s.get_version(app, action.version)
-                if v is not None:
+                old = s.get_version(app, action.version)
+                if old is not None:
                     s.put_version(
                         VersionRow(
                             app=app,
-                            version=v.version,
+                            version=old.version,
                             state="retired",
                             weight=0.0,
-                            live_since=v.live_since,
-                            weight_zero_since=v.weight_zero_since or now,
+                            live_since=old.live_since,
+                            weight_zero_since=old.weight_zero_since or now,
                         )
                     )
                 tables.publish_table(s)
@@ -448,38 +448,3 @@ class Engine:
             now=now,
             data={"rollout_id": rollout.id, "state": target.value, "reason": reason},
         )
-
-
-def _gist(waiting_for: str | None) -> str | None:
-    """A waiting reason without its clock and rate readings: "last pinned 3 s ago" or
-    "carries 52 req/s" ticking is not news (status shows the live text)."""
-    return re.sub(r"\d+(\.\d+)?(?= ?(s|ms|req/s)\b)", "#", waiting_for) if waiting_for else None
-
-
-def shift_weight(v: VersionRow, weight: float, now: float) -> VersionRow:
-    """A version's row after its share of new sessions becomes ``weight``.
-
-    Weight > 0 makes it ``live`` (``live_since`` set the first time); dropping to 0 makes
-    a live version ``draining`` and starts ``weight_zero_since``. Retired stays retired.
-    """
-    if v.state == "retired" and weight == 0.0:
-        return v
-    if weight > 0:
-        return VersionRow(
-            app=v.app,
-            version=v.version,
-            state="live",
-            weight=weight,
-            live_since=v.live_since if v.live_since is not None else now,
-            weight_zero_since=None,
-        )
-    if v.weight == 0.0 and v.state != "live":
-        return v
-    return VersionRow(
-        app=v.app,
-        version=v.version,
-        state="draining" if v.live_since is not None else v.state,
-        weight=0.0,
-        live_since=v.live_since,
-        weight_zero_since=v.weight_zero_since if v.weight == 0.0 else now,
-    )

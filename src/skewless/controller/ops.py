@@ -1,6 +1,6 @@
-"""Operator commands (deploy, pause, resume, abort, rollback) and the read models of the
-API (status, releases, hosts). Each command validates first and then changes the store in
-one transaction, so a refused command changes nothing.
+"""Operator commands: deploy, pause, resume, abort, rollback. Each command validates
+first and then changes the store in one transaction, so a refused command changes nothing.
+Read models live in ``status.py``.
 """
 
 from __future__ import annotations
@@ -8,20 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from skewless.controller import tables
-from skewless.controller.engine import shift_weight
-from skewless.controller.snapshot import STALE, router_facts
-from skewless.controller.store import RolloutRow, Store, VersionRow
-from skewless.controller.tables import agent_instances
-from skewless.core.errors import ClientError, ConfigError
+from skewless.controller.actions import shift_weight
+from skewless.controller.status import ApiError, current_version, need_app, rollout_json
+from skewless.controller.store import AppRow, RolloutRow, Store, VersionRow
+from skewless.core.errors import ConfigError
 from skewless.core.model import ROLLOUT_TRANSITIONS, TERMINAL_ROLLOUT_STATES, RolloutState, advance
-from skewless.core.spec import check_name, parse_deploy
-
-
-class ApiError(ClientError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+from skewless.core.spec import ResolvedOptions, RolloutOptions, check_name, parse_deploy
 
 
 def _active(store: Store, app: str) -> RolloutRow | None:
@@ -29,12 +21,6 @@ def _active(store: Store, app: str) -> RolloutRow | None:
     if r is None or RolloutState(r.state) in TERMINAL_ROLLOUT_STATES:
         return None
     return r
-
-
-def current_version(store: Store, app: str) -> str | None:
-    """The version taking most new sessions (None for a new app)."""
-    live = [v for v in store.list_versions(app) if v.state != "retired" and v.weight > 0]
-    return max(live, key=lambda v: v.weight).version if live else None
 
 
 def _ensure_live(store: Store, app: str, version: str) -> None:
@@ -61,6 +47,19 @@ def _ensure_live(store: Store, app: str, version: str) -> None:
                 weight_zero_since=v.weight_zero_since,
             )
         )
+
+
+def _app_settings(
+    old: AppRow | None, options: RolloutOptions, resolved: ResolvedOptions
+) -> dict[str, Any]:
+    """The app's session and host settings after a deploy: what the body says, else what
+    the app had (a deploy that does not mention them changes neither), else defaults."""
+    before = old.session if old is not None else {}
+    session = resolved.to_json()["session"]
+    if not options.session_given and old is not None:
+        session = {k: before.get(k, v) for k, v in session.items()}
+    hosts = list(options.hosts) if options.hosts is not None else before.get("hosts", ["*"])
+    return {**session, "hosts": hosts}
 
 
 def deploy(store: Store, app: str, body: object, now: float) -> dict[str, Any]:
@@ -93,7 +92,7 @@ def deploy(store: Store, app: str, body: object, now: float) -> dict[str, Any]:
     resolved = options.resolve(instances)
     with store.transaction():
         store.add_release(app, release.version, release.to_json(), now)
-        store.upsert_app(app, resolved.to_json()["session"], now)
+        store.upsert_app(app, _app_settings(store.get_app(app), options, resolved), now)
         _ensure_live(store, app, release.version)
         rollout_id = store.create_rollout(
             app=app,
@@ -117,15 +116,10 @@ def deploy(store: Store, app: str, body: object, now: float) -> dict[str, Any]:
     return {"app": app, "version": release.version, "rollout": rollout_json(rollout)}
 
 
-def _need_app(store: Store, app: str) -> None:
-    if store.get_app(app) is None:
-        raise ApiError(404, f"unknown app {app!r}: deploy it first")
-
-
 def _move(
     store: Store, app: str, target: RolloutState, verb: str, now: float, **extra: Any
 ) -> RolloutRow:
-    _need_app(store, app)
+    need_app(store, app)
     r = _active(store, app)
     if r is None:
         raise ApiError(409, f"app {app} has no rollout in progress to {verb}")
@@ -156,7 +150,7 @@ def pause(store: Store, app: str, now: float) -> dict[str, Any]:
 
 
 def resume(store: Store, app: str, now: float) -> dict[str, Any]:
-    _need_app(store, app)
+    need_app(store, app)
     r = _active(store, app)
     if r is None or r.state != "paused":
         raise ApiError(409, f"app {app} has no paused rollout to resume")
@@ -201,7 +195,7 @@ def abort(store: Store, app: str, now: float) -> dict[str, Any]:
 
 
 def rollback(store: Store, app: str, body: dict[str, Any], now: float) -> dict[str, Any]:
-    _need_app(store, app)
+    need_app(store, app)
     broken = body.get("broken", True)
     if not isinstance(broken, bool):
         raise ApiError(400, "broken must be true or false")
@@ -247,142 +241,3 @@ def rollback(store: Store, app: str, body: dict[str, Any], now: float) -> dict[s
         )
         tables.publish_table(store)
     return {"app": app, "version": target, "rollout": rollout_json(store.get_rollout(rollout_id))}
-
-
-# ---- read models ---------------------------------------------------------------------
-
-
-def rollout_json(r: RolloutRow | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    terminal = RolloutState(r.state) in TERMINAL_ROLLOUT_STATES
-    return {
-        "id": r.id,
-        "state": r.state,
-        "strategy": r.strategy,
-        "from": r.from_version,
-        "to": r.to_version,
-        "reason": r.reason if terminal else (r.waiting_for or r.reason),
-        "waiting_for": r.waiting_for,
-        "step": r.step,
-        "steps": r.options.get("steps", [1.0]),
-        "instances": r.options.get("instances"),
-        "started_at": r.started_at,
-        "last_progress_at": r.last_progress_at,
-        "finished_at": r.finished_at,
-        "rollback_of": r.rollback_of,
-        "options": r.options,
-    }
-
-
-def app_status(store: Store, app: str, now: float) -> dict[str, Any]:
-    row = store.get_app(app)
-    if row is None:
-        raise ApiError(404, f"unknown app {app!r}: deploy it first")
-    reported = agent_instances(store)
-    traffic = router_facts(store, now).traffic
-    by_version: dict[str, list[dict[str, Any]]] = {}
-    for inst in store.list_instances(app=app):
-        entry = reported.get(inst.id, ("", {}))[1]
-        state = entry.get("state") or ("stopped" if inst.desired == "stopped" else "starting")
-        if inst.desired == "stopped" and state == "stopped":
-            continue
-        by_version.setdefault(inst.version, []).append(
-            {
-                "id": inst.id,
-                "host": inst.host,
-                "state": state,
-                "address": entry.get("address"),
-                "desired": inst.desired,
-                "table": inst.table_state,
-                "smoke": inst.smoke,
-                "running_version": entry.get("version"),
-                "pid": entry.get("pid"),
-                "restarts": entry.get("restarts", 0),
-                "health": entry.get("health"),
-            }
-        )
-    versions = []
-    for v in store.list_versions(app):
-        t = traffic.get((app, v.version))
-        versions.append(
-            {
-                "version": v.version,
-                "state": v.state,
-                "weight": v.weight,
-                "instances": by_version.get(v.version, []),
-                "load": t.load if t else 0.0,
-                "sessions": t.sessions if t else 0,
-                "last_pinned_at": t.last_pinned_at if t else None,
-                "live_since": v.live_since,
-                "weight_zero_since": v.weight_zero_since,
-            }
-        )
-    return {
-        "app": app,
-        "versions": versions,
-        "rollout": rollout_json(store.latest_rollout(app)),
-        "session": tables.session_json(app, row.session),
-        "table_generation": store.table_generation(),
-    }
-
-
-def list_apps(store: Store) -> dict[str, Any]:
-    out = []
-    for a in store.list_apps():
-        r = store.latest_rollout(a.name)
-        out.append(
-            {
-                "app": a.name,
-                "name": a.name,
-                "version": current_version(store, a.name),
-                "versions": [
-                    {"version": v.version, "state": v.state, "weight": v.weight}
-                    for v in store.list_versions(a.name)
-                ],
-                "rollout": rollout_json(r),
-            }
-        )
-    return {"apps": out}
-
-
-def list_releases(store: Store, app: str) -> dict[str, Any]:
-    _need_app(store, app)
-    versions = {v.version: v for v in store.list_versions(app)}
-    return {
-        "app": app,
-        "releases": [
-            {
-                "version": r.version,
-                "created_at": r.created_at,
-                "state": versions[r.version].state if r.version in versions else "retired",
-                "weight": versions[r.version].weight if r.version in versions else 0.0,
-                "spec": r.spec,
-            }
-            for r in store.list_releases(app)
-        ],
-    }
-
-
-def list_hosts(store: Store, now: float) -> dict[str, Any]:
-    out = []
-    for h in store.list_hosts():
-        report = h.report or {}
-        running = [
-            i
-            for i in report.get("instances") or ()
-            if isinstance(i, dict) and i.get("state") != "stopped"
-        ]
-        out.append(
-            {
-                "id": h.id,
-                "host_id": h.id,
-                "slots": h.slots,
-                "alive": h.report_at is not None and now - h.report_at <= STALE,
-                "last_report_at": h.report_at,
-                "desired_generation": h.desired_generation,
-                "applied_generation": report.get("generation"),
-                "instances": len(running),
-            }
-        )
-    return {"hosts": out}

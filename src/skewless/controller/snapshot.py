@@ -91,7 +91,9 @@ def counters(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         for v in app.get("versions") or ():
             if not isinstance(v, dict):
                 continue
-            latency = v.get("latency_ms") if isinstance(v.get("latency_ms"), dict) else {}
+            latency = v.get("latency_ms")
+            if not isinstance(latency, dict):
+                latency = {}
             out[(str(app.get("app")), str(v.get("version")))] = {
                 "requests": int(_num(v.get("requests"))),
                 "errors": int(_num(v.get("errors_5xx")) + _num(v.get("connect_failures"))),
@@ -149,6 +151,7 @@ def rollout_spec(row: RolloutRow, drain_timeout: float | None = None) -> Rollout
         step_interval=float(o.get("step_interval", 0.0)),
         analysis=AnalysisSpec(**analysis) if isinstance(analysis, dict) else None,
         drain_timeout=drain_timeout,
+        succeed_when="retired" if o.get("succeed_when") == "retired" else "live",
         app=row.app,
         to_version=row.to_version,
         strategy=row.strategy,  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def build_table(store: Store) -> dict[str, Any]:
         apps.append(
             {
                 "name": app.name,
-                "hosts": ["*"],
+                "hosts": app.session.get("hosts") or ["*"],
                 "session": session_json(app.name, app.session),
                 "versions": versions,
             }
@@ -115,9 +115,23 @@ def route_table(store: Store) -> dict[str, Any]:
 
 
 def build_desired(store: Store, host_id: str) -> list[dict[str, Any]]:
+    """A host's desired instances. An instance asked to stop stays listed as ``stopped``
+    until the host's agent reports it stopped (or no longer lists it); then it is left
+    out, and the agent forgets it."""
     out = []
     releases: dict[tuple[str, str], dict[str, Any]] = {}
+    host = store.get_host(host_id)
+    reported = {
+        i["id"]: i.get("state") for i in iter_report_instances(host.report if host else None)
+    }
     for inst in store.list_instances(host=host_id):
+        if (
+            inst.desired == "stopped"
+            and host is not None
+            and host.report is not None
+            and reported.get(inst.id, "stopped") in ("stopped", "failed")
+        ):
+            continue
         key = (inst.app, inst.version)
         if key not in releases:
             rel = store.get_release(inst.app, inst.version)

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from skewless.core.analysis import AnalysisSpec
 from skewless.core.errors import ConfigError
@@ -22,6 +22,7 @@ from skewless.core.model import STRATEGIES, Strategy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 """App names and versions: they appear in instance ids (``h1/shop/v2/0``) and cookies."""
+SucceedWhen = Literal["live", "retired"]
 URL_PATH_RE = re.compile(r"^/[!-~]{0,2047}$")
 PERCENT_RE = re.compile(r"^(100|[1-9]?[0-9])%$")
 """A share of instances, ``0%`` to ``100%``."""
@@ -101,6 +102,13 @@ class RolloutOptions:
     """Least seconds at one canary step before the next."""
     analysis: AnalysisSpec | bool | None = None
     """Canary analysis: None = on when there are canary steps, False = off."""
+    succeed_when: SucceedWhen = "live"
+    """``live``: success once the new version is fully live (old ones retire after);
+    ``retired``: only once every other version is retired and stopped."""
+    hosts: tuple[str, ...] | None = None
+    """Host header patterns the app serves (None: keep the app's, ``["*"]`` for a new app)."""
+    session_given: bool = False
+    """The body had ``session``; otherwise an existing app keeps its session settings."""
 
     def resolve(self, instances: int) -> ResolvedOptions:
         surge = self.max_surge
@@ -118,6 +126,7 @@ class RolloutOptions:
             session=self.session,
             step_interval=self.step_interval,
             analysis=self._analysis(),
+            succeed_when=self.succeed_when,
         )
 
     def _analysis(self) -> AnalysisSpec | None:
@@ -141,9 +150,11 @@ class ResolvedOptions:
     session: SessionSpec
     step_interval: float = 0.0
     analysis: AnalysisSpec | None = None
+    succeed_when: SucceedWhen = "live"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "succeed_when": self.succeed_when,
             "step_interval": self.step_interval,
             "analysis": None if self.analysis is None else asdict(self.analysis),
             "strategy": self.strategy,
@@ -178,6 +189,8 @@ ROLLOUT_FIELDS = frozenset(
         "session",
         "step_interval",
         "analysis",
+        "succeed_when",
+        "hosts",
     }
 )
 
@@ -270,7 +283,36 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutOptions:
         session=_session(body.get("session")),
         step_interval=_number("rollout.step_interval", body.get("step_interval"), 0.0, lo=0.0),
         analysis=_analysis(body.get("analysis")),
+        succeed_when=_succeed_when(body.get("succeed_when")),
+        hosts=_hosts(body.get("hosts")),
+        session_given=body.get("session") is not None,
     )
+
+
+HOST_PATTERN_RE = re.compile(
+    r"^(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*)$"
+)
+
+
+def _hosts(raw: object) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple) or not raw:
+        raise ConfigError('app hosts must be a non-empty list like ["shop.example.com", "*"]')
+    for i, pattern in enumerate(raw):
+        if not isinstance(pattern, str) or not HOST_PATTERN_RE.match(pattern) or len(pattern) > 253:
+            raise ConfigError(
+                f'hosts[{i}] must be "*", "*.example.com" or a host name (got {pattern!r})'
+            )
+    return tuple(p.lower() for p in raw)
+
+
+def _succeed_when(raw: object) -> SucceedWhen:
+    if raw is None or raw == "live":
+        return "live"
+    if raw == "retired":
+        return "retired"
+    raise ConfigError(f'rollout.succeed_when must be "live" or "retired" (got {raw!r})')
 
 
 def _analysis(raw: object) -> AnalysisSpec | bool | None:
