@@ -6,12 +6,21 @@ that routers still report work on before that deadline. Real HTTP, the real plan
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import controller_fakes
+import httpx
 import pytest
 from controller_fakes import wait_for
 
@@ -126,3 +135,160 @@ def test_draining_instance_gets_its_deadline_and_keeps_work_until_it(fleet: Flee
     )
     stops = [(s, iid) for s, iid in fleet.recorder.stops() if iid == item["id"]]
     assert stops and all(s.now >= deadline for s, _ in stops)
+
+
+# ---- end to end: a real router closes WebSockets at the controller's deadline -------------
+
+
+class _WsHandler(controller_fakes._InstanceHandler):  # type: ignore[name-defined,misc]
+    """The fake instance, plus ``/ws``: a tunnel held open until the router closes it."""
+
+    def do_GET(self) -> None:
+        if self.path != "/ws":
+            super().do_GET()
+            return
+        srv: Any = self.server
+        self.wfile.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nX-Instance: " + srv.address.encode() + b"\r\n\r\n"
+        )
+        self.wfile.flush()
+        while self.rfile.read1(4096):  # until the router closes its side
+            pass
+        self.close_connection = True
+
+
+class _WsInstance(controller_fakes._Instance):  # type: ignore[name-defined,misc]
+    def __init__(self, version: str, broken: bool, smoke_gate: Any = None) -> None:
+        super().__init__(version, broken, smoke_gate)
+        self.httpd.RequestHandlerClass = _WsHandler
+        self.httpd.address = self.address  # type: ignore[attr-defined]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Tunnel:
+    """A WebSocket through the router; a thread waits for the router's close frame."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: shop\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        text = head.decode("latin-1")
+        assert text.startswith("HTTP/1.1 101"), text
+        self.instance = next(
+            line.split(":", 1)[1].strip()
+            for line in text.split("\r\n")
+            if line.lower().startswith("x-instance:")
+        )
+        self.code: int | None = None
+        self.closed_at: float | None = None
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
+
+    def _wait(self) -> None:
+        self.sock.settimeout(120)
+        try:
+            first = self.sock.recv(2)
+            if len(first) == 2 and first[0] & 0x0F == 8:
+                self.closed_at = time.time()
+                payload = self.sock.recv(first[1] & 0x7F)
+                self.code = int.from_bytes(payload[:2], "big")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.thread.join(5)
+
+
+def _reported_inflight(fleet: Fleet, router_id: str) -> int:
+    other = SqliteStore(fleet.db)
+    try:
+        return sum(
+            int(i.get("inflight", 0))
+            for rid, report, _ in other.router_reports()
+            if rid == router_id
+            for i in report.get("instances") or ()
+        )
+    finally:
+        other.close()
+
+
+def test_a_real_router_closes_tunnels_at_the_controllers_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controller_fakes, "_Instance", _WsInstance)
+    port = _free_port()
+    with Fleet(tmp_path) as fleet:
+        router = subprocess.Popen(
+            [
+                sys.executable, "-m", "skewless", "router",
+                "--listen", f"127.0.0.1:{port}", "--controller", fleet.url, "--id", "edge",
+                "--report-interval", "0.3", "--cache", str(tmp_path / "routes-cache.json"),
+                "--upgrade-socket", "off",
+                # Without the table's deadline the router would wait 10 minutes.
+                "--drain-timeout", "600",
+            ],
+            env={**os.environ, "SKEWLESS_HOME": str(tmp_path / "home")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        tunnels: list[_Tunnel] = []
+        try:
+            fleet.deploy("v1", drain_timeout=2, session={"idle_timeout": 1})
+            wait_for(lambda: fleet.rollout_state("succeeded"), what="v1 live")
+
+            def routed() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(routed, what="the router to serve v1")
+            tunnels = [_Tunnel(port) for _ in range(4)]
+            v1 = {i["address"]: i["id"] for i in fleet.status()["versions"][0]["instances"]}
+            assert {t.instance for t in tunnels} <= set(v1)
+            # The controller only knows the routers that have reported: wait for this
+            # one's report of its tunnels before any drain.
+            wait_for(lambda: _reported_inflight(fleet, "edge") == 4, what="the router's report")
+            fleet.deploy("v2", drain_timeout=1, session={"idle_timeout": 1})
+            wait_for(
+                lambda: all(t.closed_at is not None for t in tunnels),
+                timeout=60,
+                what="the router to close every tunnel",
+            )
+            other = SqliteStore(fleet.db)
+            try:
+                drained = {a: other.get_instance(i) for a, i in v1.items()}
+            finally:
+                other.close()
+            for t in tunnels:
+                row = drained[t.instance]
+                assert row is not None and row.drained_at is not None
+                assert t.code == 1001
+                assert t.closed_at is not None and t.closed_at >= row.drained_at + 2 - 0.05
+            wait_for(lambda: fleet.rollout_state("succeeded"), what="v2 live")
+            stops = {iid: s.now for s, iid in fleet.recorder.stops()}
+            for address, iid in v1.items():
+                row = drained[address]
+                assert row is not None and row.drained_at is not None
+                if any(t.instance == address for t in tunnels):
+                    assert stops[iid] >= row.drained_at + 2, "stopped before its deadline"
+        finally:
+            for t in tunnels:
+                t.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(router.pid, signal.SIGKILL)
+            router.wait(10)
