@@ -542,6 +542,55 @@ def test_planner_sim_calm_fleets_converge_with_invariants(world: World) -> None:
     assert state in (RolloutState.SUCCEEDED, RolloutState.FAILED)
     if state is RolloutState.SUCCEEDED:
         _assert_settled_on(world, "v2")
+    else:
+        _assert_restored(world, "v1")
+
+
+@SETTINGS
+@given(worlds(chaos=False), st.integers(0, 40))
+def test_planner_sim_abort_gives_the_old_version_its_instances_back(
+    world: World, abort_at: int
+) -> None:
+    for _ in range(abort_at):
+        if world.state is not RolloutState.PROGRESSING:
+            break
+        result = plan(world.snapshot())
+        for action in result.actions:
+            world.apply(action)
+        world.events()
+    if world.state is RolloutState.PROGRESSING:
+        world.state = RolloutState.ABORTED
+    _ticks, state = run(world)
+    if state is not RolloutState.SUCCEEDED:
+        _assert_restored(world, "v1")
+
+
+def _assert_restored(world: World, version: str) -> None:
+    """After a failure or an abort has settled, ``version`` (the old one) runs at least
+    the rollout's instance count (what the operator asked for), as far as slots allow,
+    and nothing else runs (unless it had retired before the end: then the new version
+    is all there is, and keeps the sessions)."""
+    if world.versions[version].state is VersionState.RETIRED:
+        return
+    slots = sum(h.slots for h in world.hosts if h.alive)
+    serving = [
+        i
+        for i in world.instances.values()
+        if i.version == version
+        and i.table == "ready"
+        and i.state is InstanceState.READY
+        and i.desired == "running"
+    ]
+    assert len(serving) >= min(world.spec.instances, slots), (
+        f"{version} back to {len(serving)} instances, rollout asked {world.spec.instances}"
+    )
+    assert world.versions[version].weight == 1.0
+    running = [
+        i
+        for i in world.instances.values()
+        if i.state is not InstanceState.STOPPED and i.desired == "running"
+    ]
+    assert all(i.version == version for i in running), running
 
 
 @SETTINGS

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skewless.controller.store import RolloutRow, Store
-from skewless.controller.tables import agent_instances
+from skewless.controller.tables import agent_instances, release_drain_timeout
 from skewless.core.analysis import AnalysisSpec, VersionStats, p99_from_histogram
 from skewless.core.model import InstanceState, RolloutState, VersionState
 from skewless.core.plan import FleetSnapshot, HostView, InstanceView, RolloutSpec, VersionView
@@ -44,10 +44,25 @@ def _num(value: Any, default: float = 0.0) -> float:
 
 
 def router_facts(store: Store, now: float, stale: float = STALE) -> RouterFacts:
+    """What the routers report, aggregated over reporters.
+
+    A reporter is one router process, or one worker of a ``--workers N`` router
+    (``ID-wK``): each counts what it saw itself. So load (rps), requests and in-flight
+    counts add up; ``last_pinned_at`` is the latest any reporter saw; the generation the
+    routers serve is the lowest one. ``sessions`` is the sum too, an *overestimate* when
+    one session's requests reach several workers (or routers): each counts it. It only
+    keeps a version longer (retirement waits for 0 sessions), never retires it early.
+
+    Reporters silent for more than ``stale`` seconds (a worker replaced, a router gone or
+    upgraded under another id) stop counting, so they cannot hold ``generation`` back
+    or keep in-flight work on a draining instance forever, except for ``last_pinned_at``:
+    a pinned request one of them saw still counts toward the idle timeout (invariant 3).
+    """
     facts = RouterFacts()
     gens = []
     for _, report, received_at in store.router_reports():
         if now - received_at > stale:
+            _pinned_only(facts, report)
             continue
         gen = report.get("generation")
         if isinstance(gen, int) and not isinstance(gen, bool):
@@ -73,6 +88,19 @@ def router_facts(store: Store, now: float, stale: float = STALE) -> RouterFacts:
                     t.last_pinned_at = max(t.last_pinned_at or 0.0, float(pinned))
     facts.generation = min(gens) if gens else None
     return facts
+
+
+def _pinned_only(facts: RouterFacts, report: dict[str, Any]) -> None:
+    """Take only ``last_pinned_at`` from a stale report (see ``router_facts``)."""
+    for app in report.get("apps") or ():
+        if not isinstance(app, dict):
+            continue
+        for v in app.get("versions") or ():
+            pinned = v.get("last_pinned_at") if isinstance(v, dict) else None
+            if isinstance(pinned, int | float) and not isinstance(pinned, bool):
+                key = (str(app.get("app")), str(v.get("version")))
+                t = facts.traffic.setdefault(key, VersionTraffic())
+                t.last_pinned_at = max(t.last_pinned_at or 0.0, float(pinned))
 
 
 def _state(raw: Any, desired: str) -> InstanceState:
@@ -246,14 +274,21 @@ def build_snapshot(store: Store, rollout: RolloutRow, now: float) -> FleetSnapsh
                 stats=stats.get(v.version, VersionStats()),
             )
         )
-    target = store.get_release(app, rollout.to_version)
-    drain_timeout = (target.spec if target else {}).get("drain_timeout")
+    # The planner has one drain_timeout for all instances: the longest of the releases
+    # that have instances, so that no instance is stopped with work in flight before the
+    # drain_deadline its route-table entry promises (``tables.build_table``).
+    drain_timeout = max(
+        (
+            release_drain_timeout(r.spec)
+            for version in {i.version for i in instances} | {rollout.to_version}
+            if (r := store.get_release(app, version)) is not None
+        ),
+        default=None,
+    )
 
     return FleetSnapshot(
         now=now,
-        rollout=rollout_spec(
-            rollout, float(drain_timeout) if isinstance(drain_timeout, int | float) else None
-        ),
+        rollout=rollout_spec(rollout, drain_timeout),
         state=RolloutState(rollout.state),
         started_at=rollout.started_at,
         last_progress_at=rollout.last_progress_at,

@@ -42,6 +42,20 @@ def session_json(app: str, session: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+DEFAULT_DRAIN_TIMEOUT = 30.0
+"""A release's ``drain_timeout`` when its spec has none (the deploy default)."""
+MAX_DRAIN_TIMEOUT = 604800.0
+"""The most a router accepts in a table (docs/protocol.md): a week."""
+
+
+def release_drain_timeout(spec: dict[str, Any] | None) -> float:
+    """Seconds a draining instance of this release keeps its long-lived connections."""
+    value = (spec or {}).get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return DEFAULT_DRAIN_TIMEOUT
+    return min(float(value), MAX_DRAIN_TIMEOUT)
+
+
 def build_table(store: Store) -> dict[str, Any]:
     """The route table body (without ``generation``)."""
     reported = agent_instances(store)
@@ -60,6 +74,7 @@ def build_table(store: Store) -> dict[str, Any]:
                 continue
             release = store.get_release(app.name, v.version)
             health = (release.spec.get("health") if release else None) or {}
+            drain_timeout = release_drain_timeout(release.spec if release else None)
             instances = []
             for inst in members:
                 entry = reported.get(inst.id, ("", {}))[1]
@@ -69,7 +84,12 @@ def build_table(store: Store) -> dict[str, Any]:
                 state = (
                     "ready" if inst.table_state == "ready" and v.state != "retired" else "draining"
                 )
-                instances.append({"id": inst.id, "address": address, "state": state})
+                item: dict[str, Any] = {"id": inst.id, "address": address, "state": state}
+                if state == "draining" and inst.drained_at is not None:
+                    # When the router closes its tunnels (1001): the moment the engine
+                    # drained it (stored, so the same after a restart) + drain_timeout.
+                    item["drain_deadline"] = round(inst.drained_at + drain_timeout, 3)
+                instances.append(item)
             versions.append(
                 {
                     "version": v.version,
@@ -80,6 +100,7 @@ def build_table(store: Store) -> dict[str, Any]:
                         "interval": health.get("interval", 2.0),
                         "timeout": health.get("timeout", 2.0),
                     },
+                    "drain_timeout": drain_timeout,
                     "instances": instances,
                 }
             )
@@ -151,7 +172,7 @@ def build_desired(store: Store, host_id: str) -> list[dict[str, Any]]:
                     "status": health.get("status", 200),
                     "interval": health.get("interval", 2.0),
                 },
-                "drain_timeout": spec.get("drain_timeout", 30.0),
+                "drain_timeout": release_drain_timeout(spec),
                 "desired": inst.desired,
             }
         )

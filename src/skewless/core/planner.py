@@ -56,8 +56,9 @@ rollback (``rollback_of``) retires it at once and routers re-pin its sessions.
 **Paused**: no actions. **Terminal** (succeeded, failed, aborted, rolled back): settle:
 the *keeper* (the target on success, else the old version) keeps or gets all new
 sessions, others are retired by the session rules and their instances drained and
-stopped. Going back to an old keeper is planned as a rollout to it, sized for the whole
-load, so that it takes new sessions only as fast as its capacity grows.
+stopped. Going back to an old keeper is planned as a rollout to it, back to the
+rollout's ``instances`` (or more, for the whole load), so that the fleet the operator
+asked for comes back and the keeper takes new sessions only as fast as its capacity grows.
 
 Where the rules live: ``new_instances`` (rules 1-2), ``weights`` (3), ``wind_down``
 (4-6), ``fleet_view`` (indexes, floors and the drain budget of the capacity guard),
@@ -167,12 +168,21 @@ def settle(fleet: FleetView, keeper: str, *, finish: FinishRollout | None = None
         for i in fleet.snap.instances
         if occupies_slot(i)
     )
-    return draft.to_plan(fleet, settled=not draft.actions and others_gone)
+    # A keeper instance still on its way into the table (starting, smoke checks) is not
+    # settled: its next steps (smoke, add) come from later plans.
+    joining = any(
+        i.version == keeper
+        and i.desired == "running"
+        and i.table == "absent"
+        and i.state is not InstanceState.FAILED
+        for i in fleet.snap.instances
+    )
+    return draft.to_plan(fleet, settled=not draft.actions and others_gone and not joining)
 
 
 def _back_to(fleet: FleetView, keeper: str) -> FleetSnapshot:
-    """The snapshot of a rollout to ``keeper`` sized for all the load, with no canary
-    steps and no analysis (and, from the caller, the availability rule of the rollout
+    """The snapshot of a rollout to ``keeper`` with the rollout's instance count (more if
+    the load needs it), with no canary steps and no analysis (and, from the caller, the availability rule of the rollout
     it replaces)."""
     spec = fleet.spec
     view = fleet.versions[keeper]
@@ -181,7 +191,11 @@ def _back_to(fleet: FleetView, keeper: str) -> FleetSnapshot:
         for i in fleet.by_version.get(keeper, ())
         if i.desired == "running" and i.table != "draining"
     )
-    size = max(1, has, instances_needed(fleet.total_load, view.capacity, spec.headroom))
+    # Back to the capacity the operator asked for: the rollout's instance count (a deploy
+    # defaults it to the previous one's, i.e. what the keeper ran before), more if the
+    # load needs it, never fewer than the keeper has (docs/decisions/integrate-restore.md).
+    needed = instances_needed(fleet.total_load, view.capacity, spec.headroom)
+    size = max(1, has, spec.instances, needed)
     back = replace(
         spec,
         to_version=keeper,
