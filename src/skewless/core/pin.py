@@ -33,6 +33,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -259,9 +260,16 @@ def needs_refresh(pin: Pin, now: float, idle_timeout: float) -> bool:
 
 
 def cookie_max_age(pin: Pin, now: float, idle_timeout: float, max_lifetime: float) -> int:
-    """Seconds the browser should keep the cookie: the sooner of idle and absolute expiry."""
+    """Seconds the browser should keep the cookie: the sooner of idle and absolute expiry.
+
+    Rounded up: the router checks expiry itself, so the cookie may outlive the pin by
+    under a second, but it must never die first (rounded down, a pin 1.9 s from its
+    idle expiry got ``Max-Age=1``, and a cookie jar that also rounds its clock down,
+    like Python's, dropped it while the session was active: a session moved to another
+    version unannounced).
+    """
     left = min(pin.seen_at + idle_timeout, pin.issued_at + max_lifetime) - now
-    return max(0, int(left))
+    return max(0, math.ceil(left))
 
 
 _COOKIE_RES: dict[bytes, Callable[[bytes], re.Match[bytes] | None]] = {}
