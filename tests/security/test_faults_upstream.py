@@ -291,3 +291,39 @@ def test_ejection_takes_out_a_failing_instance_but_not_the_other(
     by_id = {i["id"]: i for i in w.router.state()["instances"]}
     assert by_id["h1/shop/v1/0"]["ejected"] is False
     settle(w)
+
+
+@pytest.mark.parametrize(
+    ("mode", "params"), [("byte_limit", {"after": 60}), ("reset", {"after": 40})]
+)
+def test_instance_that_cuts_every_answer_is_taken_out_by_health_checks(
+    backend_factory: Callable[[str], Backend],
+    router_factory: Callable[..., Router],
+    mode: str,
+    params: dict[str, Any],
+) -> None:
+    """Found by bench/faults.py: the active health check read only the status line, so an
+    instance whose answers were all cut after it stayed in the pool and failed every
+    request sent to it. Now the check reads the whole answer."""
+    backends = [backend_factory(f"b{k}") for k in range(2)]
+    with (
+        ThreadedFaultProxy(backends[0].address) as bad,
+        ThreadedFaultProxy(backends[1].address) as good,
+    ):
+        bad.set(mode, **params)  # type: ignore[arg-type]
+        v1 = version(
+            "v1",
+            1.0,
+            [instance("h0/shop/v1/0", bad.address), instance("h1/shop/v1/0", good.address)],
+            interval=0.1,
+        )
+        router = router_factory(table([v1]), *ROUTER_ARGS)
+
+        def down() -> bool:
+            by_id = {i["id"]: i for i in router.state()["instances"]}
+            return not by_id["h0/shop/v1/0"]["healthy"] and by_id["h1/shop/v1/0"]["healthy"]
+
+        wait_for(down, 20, "the cutting instance to be marked down")
+        with client() as http:
+            assert [http.get(f"{router.url}/p{k}").status_code for k in range(10)] == [200] * 10
+        assert "cut short" in router.log() or "Connection reset" in router.log()
