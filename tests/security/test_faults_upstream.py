@@ -327,3 +327,31 @@ def test_instance_that_cuts_every_answer_is_taken_out_by_health_checks(
         with client() as http:
             assert [http.get(f"{router.url}/p{k}").status_code for k in range(10)] == [200] * 10
         assert "cut short" in router.log() or "Connection reset" in router.log()
+
+
+@pytest.mark.parametrize(("mode", "params"), [("reset", {}), ("blackhole", {})])
+def test_instance_that_fails_after_connecting_is_ejected(
+    wire: Callable[..., Wire], mode: str, params: dict[str, Any]
+) -> None:
+    """Found by bench/faults.py: an instance that accepts connections and then resets (or
+    never answers) was never ejected (only failed connects counted, and each accepted
+    connect ended the streak), so it kept taking a share of requests until its health
+    checks caught up. Now 3 failed exchanges in a row eject it (still never the last)."""
+    w = wire(2)
+    w.proxies[0].set(mode, **params)
+
+    def ejected() -> bool:
+        by_id = {i["id"]: i for i in w.router.state()["instances"]}
+        return bool(by_id["h0/shop/v1/0"]["ejected"])
+
+    def failing_through() -> bool:
+        with client() as http:
+            http.get(f"{w.router.url}/probe")
+        return ejected()
+
+    wait_for(failing_through, 30, "the failing instance to be ejected")
+    with client() as http:
+        assert [http.get(f"{w.router.url}/p{k}").status_code for k in range(10)] == [200] * 10
+    by_id = {i["id"]: i for i in w.router.state()["instances"]}
+    assert by_id["h1/shop/v1/0"]["ejected"] is False
+    settle(w)

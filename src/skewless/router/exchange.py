@@ -417,6 +417,7 @@ class Exchange:
                 conn.close()
         if instance is not None:
             instance.inflight -= 1
+            instance.consecutive_failures = 0  # an answer: the passive streak ends
             self.instance = None
         stats = self.stats
         if stats is not None:
@@ -444,6 +445,8 @@ class Exchange:
     def upstream_failed(self, why: str) -> None:
         if self.done:
             return
+        if self.instance is not None:
+            self.client.server.connect_failed(self.instance)  # a passive failure too
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -463,6 +466,8 @@ class Exchange:
         """No response head within the upstream timeout."""
         if self.done:
             return
+        if self.instance is not None:
+            self.client.server.connect_failed(self.instance)  # a passive failure too
         conn = self.conn
         self.conn = None
         if conn is not None:
