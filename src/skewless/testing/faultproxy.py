@@ -219,6 +219,10 @@ class FaultProxy:
             ]
             # A pump that cuts the connection cancels the other; EOF ends one way only.
             await asyncio.gather(*conn.tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # close() cancels handlers mid-way; asyncio's stream callback would log a
+            # cancelled handler task as an error.
+            pass
         finally:
             self._conns.discard(conn)
             if not writer.transport.is_closing():
