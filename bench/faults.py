@@ -2,14 +2,16 @@
 during rolling releases, under simulated multi-page users. Prints one table.
 
     PYTHONPATH=src python bench/faults.py [--users 20] [--seeds 3] [--hosts 2]
-        [--instances 4] [--wire-seconds 4] [--only wire|process] [--json]
+        [--instances 4] [--wire-seconds 4] [--only wire|process]
+        [--strategies rolling,side-by-side,surge] [--json] [--markdown]
 
 Wire scenarios (one per fault-proxy mode): ``skewless router`` (a real process) in front
 of two instances of the tiny e2e app (real processes), each behind a fault proxy; the
 users run sessions for a while, the fault is switched on for one instance for
 ``--wire-seconds``, then off. Process scenarios: ``skewless up`` with ``--hosts`` agents,
-v1 on ``--instances`` instances, then a rolling release to v2 while a seeded schedule
-kills an instance, an agent and the controller (kill -9) at random moments.
+v1 on ``--instances`` instances, then a release to v2 (each of ``--strategies``, rolling
+by default, batch 1) while a seeded schedule kills an instance, an agent and the
+controller (kill -9) at random moments.
 
 Failed requests are split: *unsaveable* ones are those the router may not resend (a 502,
 504 or cut answer from the faulty instance on the wire; a request cut by its instance's
@@ -188,8 +190,11 @@ def run_wire(mode: str, params: dict[str, Any], args: argparse.Namespace, tmp: P
 # ---- process faults ------------------------------------------------------------------------
 
 
-def run_process(seed: int, args: argparse.Namespace, tmp: Path) -> Row:
-    fleet = Fleet(tmp, hosts=args.hosts, slots=args.instances // args.hosts + 1)
+def run_process(seed: int, strategy: str, args: argparse.Namespace, tmp: Path) -> Row:
+    per_host = -(-args.instances // args.hosts)
+    # Rolling: one spare slot per host; side-by-side and surge: room for both versions.
+    slots = per_host + 1 if strategy == "rolling" else 2 * per_host
+    fleet = Fleet(tmp, hosts=args.hosts, slots=slots)
     common = ["--instances", str(args.instances), "--session-idle-timeout", "2"]
     try:
         fleet.start()
@@ -203,7 +208,7 @@ def run_process(seed: int, args: argparse.Namespace, tmp: Path) -> Row:
             runner = FaultRunner(fleet, faults)
             with Watch(admin=admin_url(fleet), fleet=fleet, load=load, desired=args.instances) as w:
                 done = fleet.deploy(
-                    "shop", "v2", *common, "--strategy", "rolling", "--batch", "1", wait=False
+                    "shop", "v2", *common, "--strategy", strategy, "--batch", "1", wait=False
                 )
                 if done.returncode != 0:
                     raise RuntimeError(f"v2 deploy refused: {done.stdout}{done.stderr}")
@@ -236,7 +241,7 @@ def run_process(seed: int, args: argparse.Namespace, tmp: Path) -> Row:
             notes.append(f"{len(load.problems)} router/app version disagreements")
         kinds = ", ".join(f"{k.fault.kind}@{k.fault.at:g}s" for k in runner.kills)
         return Row(
-            scenario=f"rolling, kill -9 (seed {seed})",
+            scenario=f"{strategy}, kill -9 (seed {seed})",
             users=args.users,
             rps=round(load.requests() / seconds, 1),
             faults=kinds + (f"; {actions} actions" if not notes else "; " + "; ".join(notes)),
@@ -290,6 +295,11 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=180.0)
     p.add_argument("--wire-seconds", type=float, default=4.0)
     p.add_argument("--only", choices=("wire", "process"))
+    p.add_argument(
+        "--strategies",
+        default="rolling",
+        help="comma-separated: rolling, side-by-side, surge (process scenarios)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table too")
     args = p.parse_args()
@@ -297,6 +307,10 @@ def main() -> int:
                         ("--hosts", args.hosts), ("--instances", args.instances)):  # fmt: skip
         if value < 1:
             p.error(f"{flag} must be at least 1 (got {value})")
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    for x in strategies:
+        if x not in ("rolling", "side-by-side", "surge"):
+            p.error(f"--strategies: {x!r} is not one of rolling, side-by-side, surge")
     console = Console(stderr=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="skewless-faults-") as tmp:
@@ -307,11 +321,12 @@ def main() -> int:
                 d.mkdir()
                 rows.append(run_wire(mode, params, args, d))
         if args.only != "wire":
-            for seed in range(1, args.seeds + 1):
-                console.print(f"process faults, seed {seed}")
-                d = Path(tmp) / f"seed{seed}"
-                d.mkdir()
-                rows.append(run_process(seed, args, d))
+            for strategy in strategies:
+                for seed in range(1, args.seeds + 1):
+                    console.print(f"process faults, {strategy}, seed {seed}")
+                    d = Path(tmp) / f"{strategy}-seed{seed}"
+                    d.mkdir()
+                    rows.append(run_process(seed, strategy, args, d))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
