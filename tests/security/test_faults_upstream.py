@@ -355,3 +355,35 @@ def test_instance_that_fails_after_connecting_is_ejected(
     by_id = {i["id"]: i for i in w.router.state()["instances"]}
     assert by_id["h1/shop/v1/0"]["ejected"] is False
     settle(w)
+
+
+def test_new_session_goes_elsewhere_when_its_version_is_unreachable(
+    backend_factory: Callable[[str], Backend], router_factory: Callable[..., Router]
+) -> None:
+    """Found by the process-fault e2e test (seed 7): the new version's only instance was
+    killed right after it took 100% of new sessions; until the controller noticed, new
+    sessions got 503 although the old version was up. A session that has seen no version
+    yet may be served by another live one (no skew); a pinned one never moves."""
+    b1, b2 = backend_factory("v1-backend"), backend_factory("v2-backend")
+    with ThreadedFaultProxy(b1.address) as p1:
+        v1 = version("v1", 1.0, [instance("h0/shop/v1/0", p1.address)], interval=60)
+        v2 = version("v2", 0.0, [instance("h1/shop/v2/0", b2.address)], interval=60)
+        router = router_factory(table([v1, v2]), *ROUTER_ARGS)
+        with client() as pinned, client() as fresh:
+            first = pinned.get(f"{router.url}/start")
+            assert (first.status_code, first.headers["skewless-version"]) == (200, "v1")
+            p1.set("refuse")
+            stuck = pinned.get(f"{router.url}/next")
+            assert stuck.status_code == 503  # pinned to v1: waits for v1, never moved
+            new = fresh.post(f"{router.url}/order?tag=new", content=b"x")
+            assert (new.status_code, new.headers["skewless-version"]) == (200, "v2")
+            assert json_name(new) == "v2-backend"
+            p1.set("pass")
+            # Each keeps its version once v1 is back.
+            assert fresh.get(f"{router.url}/again").headers["skewless-version"] == "v2"
+            assert pinned.get(f"{router.url}/again").headers["skewless-version"] == "v1"
+        assert [r["path"] for r in b2.app_requests()].count("/order?tag=new") == 1
+
+
+def json_name(response: httpx.Response) -> str:
+    return str(response.json()["name"])

@@ -135,6 +135,23 @@ def decide(policy: AppPolicy[B], pinned: str | None, r: float) -> tuple[VersionP
     return assign(policy, r), REPINNED
 
 
+def fallback(policy: AppPolicy[B], unreachable: str) -> VersionPool[B] | None:
+    """Another version for a request not pinned yet whose assigned version ``unreachable``
+    could not be connected to: a weighted one if any, else any live one, with a ready
+    eligible instance (None: the caller answers 503)."""
+    others = [p for p in policy.weighted if p.version != unreachable]
+    if not others:
+        others = [
+            p
+            for p in policy.pools.values()
+            if p.version != unreachable
+            and p.state is VersionState.LIVE
+            and p.ready
+            and p.candidates
+        ]
+    return others[0] if others else None
+
+
 def least_outstanding(
     candidates: Sequence[B], rand: Callable[[], float], exclude: Collection[B] = ()
 ) -> B | None:

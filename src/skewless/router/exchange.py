@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from skewless.core.http_framing import ResponseHead
 from skewless.core.model import VersionState
 from skewless.core.pin import Pin, find_cookie
-from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
+from skewless.core.routing import REPINNED, ROUTED, decide, fallback, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
 
@@ -73,6 +73,8 @@ class Exchange:
     pending_size = 0
     extra: list[tuple[bytes, bytes]] | None = None
     tried: list[Instance] | None = None
+    unpinned: tuple[Pin | None, int, bool] | None = None
+    """(old pin, routing kind, pin via header) of a request assigned by weight."""
     attempts = 0
     request_done = False
     response_started = False
@@ -224,8 +226,12 @@ class Exchange:
                 client.rc_app = app
                 client.rc_pin = pin
                 client.rc_pool = pool
-        elif app.pin:
-            self.extra = self.new_pin(app, pin, version, kind, now, via_header)
+        else:
+            # Not pinned yet: if no instance of this version can be reached, the session
+            # may still go to another version (it has seen none): see connect_failed.
+            self.unpinned = (pin, kind, via_header)
+            if app.pin:
+                self.extra = self.new_pin(app, pin, version, kind, now, via_header)
             pin = None
         if pin is not None:
             stats.sessions[pin.session_id] = now
@@ -314,6 +320,22 @@ class Exchange:
         nxt = None
         if pool is not None and self.attempts < MAX_ATTEMPTS:
             nxt = least_outstanding(pool.candidates, rand, exclude=tried)
+        if nxt is None and self.unpinned is not None:
+            alt = fallback(self.app.policy, self.version)
+            if alt is not None:
+                # A new session whose version cannot be reached right now (its last
+                # instance just died, before any health check noticed): it has seen no
+                # version yet, so another one serving it is no skew, and beats a 503.
+                log.info("new session: %s unreachable, assigning %s", self.version, alt.version)
+                old, kind, via_header = self.unpinned
+                self.unpinned = None
+                app = self.app
+                self.version = alt.version
+                self.version_b = app.versions_b[alt.version]
+                self.stats = app.stats[alt.version]
+                if app.pin:
+                    self.extra = self.new_pin(app, old, alt.version, kind, clock.wall, via_header)
+                nxt = least_outstanding(alt.candidates, rand, exclude=tried)
         if nxt is None:
             self.instance = None
             self.local(503, f"could not connect to an instance of {self.version}\n", retry=True)
