@@ -387,3 +387,20 @@ def test_new_session_goes_elsewhere_when_its_version_is_unreachable(
 
 def json_name(response: httpx.Response) -> str:
     return str(response.json()["name"])
+
+
+def test_new_session_may_go_to_a_draining_version_rather_than_fail(
+    backend_factory: Callable[[str], Backend], router_factory: Callable[..., Router]
+) -> None:
+    """The rolling case of seed 7: the old version is already draining (weight 0) when
+    the new version's only instance dies."""
+    b1, b2 = backend_factory("old"), backend_factory("new")
+    with ThreadedFaultProxy(b2.address) as p2:
+        v1 = version("v1", 0.0, [instance("h0/shop/v1/0", b1.address)], "draining", 60)
+        v2 = version("v2", 1.0, [instance("h1/shop/v2/0", p2.address)], interval=60)
+        router = router_factory(table([v1, v2]), *ROUTER_ARGS)
+        p2.set("refuse")
+        with client() as http:
+            r = http.get(f"{router.url}/first")
+            assert (r.status_code, r.headers["skewless-version"]) == (200, "v1")
+            assert json_name(r) == "old"
