@@ -10,6 +10,7 @@ the same version, and passive ejection never removes a version's last instance.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,3 +405,34 @@ def test_new_session_may_go_to_a_draining_version_rather_than_fail(
             r = http.get(f"{router.url}/first")
             assert (r.status_code, r.headers["skewless-version"]) == (200, "v1")
             assert json_name(r) == "old"
+
+
+def test_pinned_request_waits_for_its_instance_to_come_back(
+    backend_factory: Callable[[str], Backend], router_factory: Callable[..., Router]
+) -> None:
+    """Found by the process-fault e2e test (seed 5): sessions pinned to a version whose
+    only instance was just killed got 503 until the agent restarted it (a moment later,
+    on the same address). Nothing was sent, so the router now tries the version again
+    within its connect timeout: the pinned request is answered, once, by its version."""
+    b = backend_factory("v1-backend")
+    with ThreadedFaultProxy(b.address) as p:
+        v1 = version("v1", 1.0, [instance("h0/shop/v1/0", p.address)], interval=60)
+        router = router_factory(table([v1]), "--upstream-timeout", "5", "--connect-timeout", "60")
+        with httpx.Client(timeout=90) as http:
+            assert http.get(f"{router.url}/start").status_code == 200  # pinned to v1
+            p.set("refuse")  # the instance dies
+            result: list[httpx.Response] = []
+            waiter = threading.Thread(
+                target=lambda: result.append(
+                    http.post(f"{router.url}/order?tag=wait", content=b"x")
+                ),
+                daemon=True,
+            )
+            waiter.start()
+            wait_for(lambda: "Connection refused" in router.log(), 20, "a refused connect")
+            assert result == []  # held, not failed
+            p.set("pass")  # ... and is back on its address
+            waiter.join(60)
+        assert [r.status_code for r in result] == [200]
+        assert result[0].headers["skewless-version"] == "v1"
+        assert [r["path"] for r in b.app_requests()].count("/order?tag=wait") == 1

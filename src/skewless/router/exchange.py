@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("skewless.router")
 
 MAX_ATTEMPTS = 3
+RECONNECT_PAUSE = 0.1
+"""Seconds between rounds of connect attempts when no instance of a version answered."""
 PENDING_LIMIT = 256 * 1024
 HIGH_WATER = 256 * 1024
 # pause reasons (bit mask)
@@ -338,11 +340,37 @@ class Exchange:
                 nxt = least_outstanding(alt.candidates, rand, exclude=tried)
         if nxt is None:
             self.instance = None
+            server = self.client.server
+            if (
+                server.loop is not None
+                and monotonic() - self.started < server.options.connect_timeout
+            ):
+                # Nothing was sent anywhere, so waiting is safe: a killed instance is
+                # restarted on its address, or the table gains another one, within
+                # moments. Try the version again shortly, within the connect timeout.
+                server.loop.call_later(RECONNECT_PAUSE, self.reconnect)
+                return
             self.local(503, f"could not connect to an instance of {self.version}\n", retry=True)
             return
         log.info(
             "retrying %s on %s after a connect failure to %s", self.version, nxt.id, instance.id
         )
+        self.send_to(nxt)
+
+    def reconnect(self) -> None:
+        """Another round of connect attempts on this exchange's version (see above)."""
+        if self.done or self.app is None:
+            return
+        app = self.app = self.client.server.apps.get(self.app.name, self.app)  # reloaded?
+        pool = app.policy.pools.get(self.version)
+        nxt = None
+        if pool is not None and pool.state is not RETIRED:
+            nxt = least_outstanding(pool.candidates, rand)
+        if nxt is None:
+            self.local(503, f"could not connect to an instance of {self.version}\n", retry=True)
+            return
+        self.tried = None
+        self.attempts = 0
         self.send_to(nxt)
 
     # ---- response side ---------------------------------------------------------------
