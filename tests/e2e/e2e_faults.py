@@ -67,7 +67,10 @@ def instance_pids(fleet: Fleet) -> dict[int, str]:
     """pid -> version of every app instance of ``fleet`` running now."""
     out: dict[int, str] = {}
     for pid, cmd in processes_with(fleet.marker).items():
-        if "e2e_tinyapp.py" in cmd and (m := _VERSION.search(cmd)):
+        argv = cmd.split()
+        # The app itself (python e2e_tinyapp.py ...), not a `skewless deploy` whose
+        # --command names it.
+        if len(argv) > 1 and argv[1].endswith("e2e_tinyapp.py") and (m := _VERSION.search(cmd)):
             out[pid] = m.group(1)
     return out
 
