@@ -136,6 +136,23 @@ def decide(policy: AppPolicy[B], pinned: str | None, r: float) -> tuple[VersionP
     return assign(policy, r), REPINNED
 
 
+def fallback(policy: AppPolicy[B], unreachable: str) -> VersionPool[B] | None:
+    """Another version for a request not pinned yet whose assigned version ``unreachable``
+    could not be connected to: a weighted one if any, else a live one, else a draining
+    one, with a ready eligible instance (None: the caller answers 503). A draining
+    version given a new session keeps it until the session goes idle, as for any other."""
+    others = [p for p in policy.weighted if p.version != unreachable]
+    for state in (VersionState.LIVE, VersionState.DRAINING):
+        if others:
+            break
+        others = [
+            p
+            for p in policy.pools.values()
+            if p.version != unreachable and p.state is state and p.ready and p.candidates
+        ]
+    return others[0] if others else None
+
+
 def least_outstanding(
     candidates: Sequence[B], rand: Callable[[], float], exclude: Collection[B] = ()
 ) -> B | None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from skewless.core.http_framing import ResponseHead
 from skewless.core.model import VersionState
 from skewless.core.pin import Pin
-from skewless.core.routing import REPINNED, ROUTED, decide, least_outstanding
+from skewless.core.routing import REPINNED, ROUTED, decide, fallback, least_outstanding
 from skewless.router import clock
 from skewless.router.instance import MAX_IDLE
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("skewless.router")
 
 MAX_ATTEMPTS = 3
+RECONNECT_PAUSE = 0.1
+"""Seconds between rounds of connect attempts when no instance of a version answered."""
 PENDING_LIMIT = 256 * 1024
 HIGH_WATER = 256 * 1024
 # pause reasons (bit mask)
@@ -77,6 +79,8 @@ class Exchange:
     pending_size = 0
     extra: list[tuple[bytes, bytes]] | None = None
     tried: list[Instance] | None = None
+    unpinned: tuple[Pin | None, int, bool] | None = None
+    """(old pin, routing kind, pin via header) of a request assigned by weight."""
     attempts = 0
     body_bytes = 0
     """Request body bytes received (the sweep's body progress check)."""
@@ -237,8 +241,12 @@ class Exchange:
                 client.rc_app = app
                 client.rc_pin = pin
                 client.rc_pool = pool
-        elif app.pin:
-            self.extra = self.new_pin(app, pin, version, kind, now, via_header)
+        else:
+            # Not pinned yet: if no instance of this version can be reached, the session
+            # may still go to another version (it has seen none): see connect_failed.
+            self.unpinned = (pin, kind, via_header)
+            if app.pin:
+                self.extra = self.new_pin(app, pin, version, kind, now, via_header)
             pin = None
         if pin is not None:
             stats.sessions[pin.session_id] = now
@@ -327,13 +335,55 @@ class Exchange:
         nxt = None
         if pool is not None and self.attempts < MAX_ATTEMPTS:
             nxt = least_outstanding(pool.candidates, rand, exclude=tried)
+        if nxt is None and self.unpinned is not None:
+            alt = fallback(self.app.policy, self.version)
+            if alt is not None:
+                # A new session whose version cannot be reached right now (its last
+                # instance just died, before any health check noticed): it has seen no
+                # version yet, so another one serving it is no skew, and beats a 503.
+                log.info("new session: %s unreachable, assigning %s", self.version, alt.version)
+                old, kind, via_header = self.unpinned
+                self.unpinned = None
+                app = self.app
+                self.version = alt.version
+                self.version_b = app.versions_b[alt.version]
+                self.stats = app.stats[alt.version]
+                if app.pin:
+                    self.extra = self.new_pin(app, old, alt.version, kind, clock.wall, via_header)
+                nxt = least_outstanding(alt.candidates, rand, exclude=tried)
         if nxt is None:
             self.instance = None
+            server = self.client.server
+            if (
+                server.loop is not None
+                and monotonic() - self.started < server.options.connect_timeout
+            ):
+                # Nothing was sent anywhere, so waiting is safe: a killed instance is
+                # restarted on its address, or the table gains another one, within
+                # moments. Try the version again shortly, within the connect timeout.
+                server.loop.call_later(RECONNECT_PAUSE, self.reconnect)
+                return
             self.local(503, f"could not connect to an instance of {self.version}\n", retry=True)
             return
         log.info(
             "retrying %s on %s after a connect failure to %s", self.version, nxt.id, instance.id
         )
+        self.send_to(nxt)
+
+    def reconnect(self) -> None:
+        """Another round of connect attempts on this exchange's version (see above)."""
+        if self.done or self.app is None:
+            return
+        app = self.app = self.client.server.apps.get(self.app.name, self.app)  # reloaded?
+        pool = app.policy.pools.get(self.version)
+        nxt = None
+        if pool is not None and pool.state is not RETIRED:
+            nxt = least_outstanding(pool.candidates, rand)
+        if nxt is None:
+            self.local(503, f"could not connect to an instance of {self.version}\n", retry=True)
+            return
+        self.tried = None
+        self.attempts = 0
         self.send_to(nxt)
 
     # ---- response side ---------------------------------------------------------------
@@ -476,6 +526,7 @@ class Exchange:
                 conn.close()
         if instance is not None:
             instance.inflight -= 1
+            instance.consecutive_failures = 0  # an answer: the passive streak ends
             self.instance = None
         stats = self.stats
         if stats is not None:
@@ -503,6 +554,8 @@ class Exchange:
     def upstream_failed(self, why: str) -> None:
         if self.done:
             return
+        if self.instance is not None:
+            self.client.server.connect_failed(self.instance)  # a passive failure too
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -528,6 +581,8 @@ class Exchange:
         """No response head within the upstream timeout."""
         if self.done:
             return
+        if self.instance is not None:
+            self.client.server.connect_failed(self.instance)  # a passive failure too
         conn = self.conn
         self.conn = None
         if conn is not None:

@@ -15,6 +15,29 @@ from skewless.router.server import RouterServer
 log = logging.getLogger("skewless.router")
 
 
+MAX_READ = 65536
+"""Read at most this much of a health answer (a longer one is taken as complete)."""
+
+
+def complete(data: bytes) -> bool | None:
+    """Whether ``data`` holds a whole HTTP/1.1 response by its framing (None: the body
+    ends when the connection does)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lines = head.split(b"\r\n")
+    if lines[0][9:12] in (b"204", b"304"):
+        return True  # never a body
+    fields = [line.partition(b":") for line in lines[1:]]
+    values = {k.strip().lower(): v.strip() for k, _, v in fields}
+    if b"chunked" in values.get(b"transfer-encoding", b"").lower():
+        return body.endswith(b"0\r\n\r\n")
+    length = values.get(b"content-length")
+    if length is not None and length.isdigit():
+        return len(body) >= int(length)
+    return None
+
+
 async def probe(inst: Instance) -> tuple[bool, str]:
     check = inst.check
     writer = None
@@ -25,11 +48,24 @@ async def probe(inst: Instance) -> tuple[bool, str]:
                 f"GET {check.path} HTTP/1.1\r\nHost: {inst.address}\r\n"
                 "User-Agent: skewless-health\r\nConnection: close\r\n\r\n".encode()
             )
-            line = await reader.readline()
+            # The whole answer, not just its status line: an instance whose responses
+            # are cut short (reset or closed mid-way) would pass on the status line alone
+            # while failing every real request.
+            data = b""
+            whole: bool | None = False
+            while len(data) < MAX_READ and (chunk := await reader.read(65536)):
+                data += chunk
+                if whole := complete(data):
+                    break
+            else:
+                whole = whole is None or len(data) >= MAX_READ  # read to the close
+        line = data.split(b"\r\n", 1)[0]
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             return False, f"not an HTTP response: {line[:40]!r}"
         status = int(parts[1])
+        if not whole:
+            return False, f"status {status}, but the response was cut short"
         return 200 <= status < 400, f"status {status}"
     except TimeoutError:
         return False, f"no answer within {check.timeout}s"

@@ -280,6 +280,9 @@ class RouterServer:
             self.recompile(inst.app)
 
     def connect_failed(self, inst: Instance) -> None:
+        """A connect failure, or an exchange that ended with no whole answer (reset,
+        closed, timed out): consecutive ones eject (a complete answer ends the streak,
+        not a mere connect, or an instance that accepts and resets would never count)."""
         inst.consecutive_failures += 1
         if inst.consecutive_failures < self.options.eject_after or inst.ejected_until:
             return
@@ -293,16 +296,13 @@ class RouterServer:
             return
         inst.ejected_until = self.mono + self.options.eject_time
         log.warning(
-            "instance %s ejected for %.0fs after %d connect failures",
+            "instance %s ejected for %.0fs after %d failures in a row",
             inst.id,
             self.options.eject_time,
             inst.consecutive_failures,
         )
         inst.close_idle()
         self.recompile(inst.app)
-
-    def connect_ok(self, inst: Instance) -> None:
-        inst.consecutive_failures = 0
 
     def accept(self) -> asyncio.Protocol:
         """The listener's protocol factory: a client, or a quick 503 over the limit."""
@@ -332,7 +332,6 @@ class RouterServer:
             if ex.instance is inst:
                 ex.connect_failed()
             return
-        self.connect_ok(inst)
         if ex.done or ex.instance is not inst:
             conn.release(True)
         else:
