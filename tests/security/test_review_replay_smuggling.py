@@ -29,7 +29,7 @@ from smuggling_harness import (
     wait_for,
 )
 from test_smuggling_connections import BAD_RESPONSES, conn_of, recv_until
-from test_smuggling_requests import REFUSED
+from test_smuggling_requests import FORWARDED, REFUSED
 
 __all__ = ["fresh", "stack"]
 
@@ -75,6 +75,24 @@ def test_smuggling_vector_after_replayed_requests_is_refused(fresh: Stack, name:
     assert b"Connection: close" in rest
     barrier(fresh)
     assert [r.path for r in fresh.backend.app_requests()] == ["/pin"] + ["/warm"] * 3
+    assert b"smuggled" not in fresh.backend.raw_all()
+
+
+@pytest.mark.parametrize("name", list(FORWARDED))
+def test_unusual_but_valid_framing_after_replayed_requests_is_forwarded_once(
+    fresh: Stack, name: str
+) -> None:
+    data, body = FORWARDED[name]
+    with socket.create_connection(("127.0.0.1", fresh.port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        warm_up(s)
+        s.sendall(data)
+        out = recv_until(s, b"\r\n\r\nok %d" % len(body))
+    assert statuses(out)[:1] == [200], out[:300]
+    barrier(fresh)
+    reqs = fresh.backend.app_requests()
+    assert [r.path for r in reqs[:4]] == ["/pin"] + ["/warm"] * 3
+    assert len(reqs) == 5 and reqs[4].body == body, [(r.path, r.body) for r in reqs]
     assert b"smuggled" not in fresh.backend.raw_all()
 
 
