@@ -385,23 +385,24 @@ class ClientProtocol(asyncio.Protocol):
             raise Refusal(405, "CONNECT is not supported")
         url = self.url
         self.url = b""
+        # not origin-form: the target's authority is checked against Host, or is the host
+        origin = url[:1] == b"/" and b" " not in url and b"\t" not in url
         try:
             # Clients repeat their headers on a keep-alive connection (what HPACK
-            # exploits): an identical header list parses to the identical head.
+            # exploits): an identical header list with an origin-form target parses to
+            # the identical head (with another target, the head may name another host).
             if (
-                headers == self.last_headers
+                origin
+                and headers == self.last_headers
                 and version == self.last_version
                 and server.pin_headers is self.last_capture
             ):
                 head = self.last_head
                 rest = self.last_rest
-                if url[:1] != b"/" or b" " in url or b"\t" in url:
-                    # not origin-form: its authority is checked against Host again
-                    head = parse_request_head(headers, version, method, url, server.pin_headers)
             else:
                 rest = None
                 head = parse_request_head(headers, version, method, url, server.pin_headers)
-                self.last_headers = headers
+                self.last_headers = headers if origin else None
                 self.last_version = version
                 self.last_capture = server.pin_headers
                 self.last_head = head

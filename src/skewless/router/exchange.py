@@ -407,10 +407,12 @@ class Exchange:
             self.extra is None
             and not self.close_after
             and not self.upgrade
+            and (self.request_done or not self.has_body)
             and client.http11
             and not client.server.draining
         ):
             # nothing of ours beyond the version: the head rendered once for the memo
+            # (an answer before the request body is in says Connection: close: emit_head)
             self.status = status
             self.response_started = True
             client.out.append(plain + data[len(raw) :])
