@@ -312,7 +312,9 @@ class Worker:
             if client.active is not None or client.tunnel is not None or client.closing:
                 seen.pop(client, None)
                 continue
-            idle = client.awaiting_head and not client.head_bytes and not _has_input(client)
+            idle = client.awaiting_head and not client.head_bytes
+            if idle and not client.paused and _has_input(client):
+                idle = False  # this loop reads and answers it next (``Connection: close``)
             if not idle:
                 seen.pop(client, None)
                 young += 1
@@ -399,7 +401,5 @@ def _has_input(client: Any) -> bool:
     try:
         with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as dup:
             return bool(dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
+    except OSError:  # nothing waiting (EAGAIN), or the socket is gone: idle as before
         return False
-    except OSError:
-        return True  # EOF or an error: let the loop read it (it closes the connection)
