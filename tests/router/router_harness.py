@@ -195,7 +195,9 @@ class Backend:
                 self.server.close()
             for t in self.transports:
                 t.abort()
-            self.loop.stop()
+            # after the aborts' connection_lost callbacks (already queued): stopping in
+            # this iteration would leave them unrun, the sockets open (ResourceWarning)
+            self.loop.call_soon(self.loop.stop)
 
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(shutdown)

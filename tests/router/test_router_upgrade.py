@@ -63,6 +63,8 @@ class Load:
                     conn = None
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
                 self.errors.append(f"{type(error).__name__}: {error}")
+                if conn is not None:
+                    conn[1].close()
                 conn = None
         if conn is not None:
             conn[1].close()
@@ -135,8 +137,9 @@ def test_takeover_under_load_loses_nothing(backend_factory: Any, router_factory:
         wait_for(lambda: load.done > served_at_exit + 300, what="load served by the new router")
     assert load.errors == [], load.errors[:5]
     assert set(load.statuses) == {200}, load.statuses
-    assert any("drains and exits" in x for x in old.lines)
-    assert any("took over generation 1" in x for x in new.lines)
+    # the harness reads each router's stderr in a thread: poll for the lines, then assert
+    wait_for(lambda: any("drains and exits" in x for x in old.lines), what="old log line")
+    wait_for(lambda: any("took over generation 1" in x for x in new.lines), what="new log")
     after = by_id(new.state())  # only the new router is left to answer
     assert after["b"]["state"] == "draining"
     assert after["b"]["drain_at"] == before["b"]["drain_at"]  # the drain clock survived
@@ -159,7 +162,10 @@ def test_sigusr2_starts_the_successor(backend_factory: Any, router_factory: Any)
         wait_for(lambda: load.done > served + 100, what="load served by the successor")
     assert load.errors == [] and set(load.statuses) == {200}, (load.errors[:5], load.statuses)
     # the successor is in the old router's process group (the fixture kills it there)
-    line = next(x for x in old.lines if "serves; this one drains" in x)
+    line = wait_for(
+        lambda: next((x for x in old.lines if "serves; this one drains" in x), None),
+        what="the old router's handover line",
+    )
     successor = int(line.split("process ")[1].split()[0])
     assert os.getpgid(successor) == pid
     assert httpx.get(f"{old.url}/", timeout=5).json()["name"] in ("a", "c")
@@ -196,6 +202,8 @@ def test_takeover_with_workers(backend_factory: Any, router_factory: Any) -> Non
         served = load.done
         wait_for(lambda: load.done > served + 200, what="load served by the new workers")
     assert load.errors == [] and set(load.statuses) == {200}, (load.errors[:5], load.statuses)
+    # each worker logs it before it serves; the harness reads stderr in a thread of its own
+    wait_for(lambda: sum("took over generation 1" in x for x in new.lines) >= 3, what="3 logs")
     assert sum("took over generation 1" in x for x in new.lines) == 3
     assert by_id(new.state())["b"]["state"] == "draining"
     kids = Path(f"/proc/{new.proc.pid}/task/{new.proc.pid}/children").read_text().split()

@@ -67,6 +67,8 @@ class Worker:
         self.state_sock: socket.socket | None = None
         """Worker of a supervisor: it asks for ``handover.snapshot`` here."""
         self.successor: Any = None
+        self.idle_seen: dict[Any, tuple[float, float]] = {}
+        """Draining: client -> (its ``idle_since``, when the drain first saw it idle)."""
         options = Options(
             header_timeout=args.header_timeout,
             keepalive_timeout=args.keepalive_timeout,
@@ -293,14 +295,36 @@ class Worker:
 
     def close_idle(self) -> int:
         """Close keep-alive connections idle for ``IDLE_GRACE``; count the other
-        connections that are not busy yet (idle for less, or sending a head)."""
+        connections that are not busy yet (idle for less, or sending a head).
+
+        Idle time counts from when the drain first saw the connection idle, on the
+        fresh clock, not from ``client.idle_since``: a connection accepted a moment
+        before the drain has its ``idle_since`` set back by ``fresh_shift`` (so the
+        sweep gives it the header timeout), which made it "idle for a minute" and
+        closed before its first request arrived (the client saw EOF instead of a
+        response); and the coarse clock a loaded process advances late could make a
+        few milliseconds look like a second. A connection whose next request already
+        sits in the kernel buffer (this loop has not read it yet) is not idle."""
         now = time.monotonic()
+        seen = self.idle_seen
         young = 0
         for client in list(self.server.clients):
             if client.active is not None or client.tunnel is not None or client.closing:
+                seen.pop(client, None)
                 continue
             idle = client.awaiting_head and not client.head_bytes
-            if idle and now - client.idle_since >= IDLE_GRACE:
+            if idle and not client.paused and _has_input(client):
+                idle = False  # this loop reads and answers it next (``Connection: close``)
+            if not idle:
+                seen.pop(client, None)
+                young += 1
+                continue
+            mark = (client.idle_since, now)
+            first = seen.setdefault(client, mark)
+            if first[0] != client.idle_since:  # answered something since: idle anew
+                seen[client] = first = mark
+            if now - first[1] >= IDLE_GRACE:
+                seen.pop(client, None)
                 client.close()
             else:
                 young += 1
@@ -366,3 +390,16 @@ class Worker:
             log.error("SIGUSR2 ignored: no upgrade socket, or already handed over")
             return
         self.successor = spawn_successor(self.args.argv, self.upgrade.path)
+
+
+def _has_input(client: Any) -> bool:
+    """Bytes from the client wait in the kernel buffer, not yet read by this loop."""
+    transport = client.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as dup:
+            return bool(dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the socket is gone: idle as before
+        return False
