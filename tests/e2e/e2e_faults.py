@@ -26,7 +26,7 @@ from typing import Any, Literal
 import httpx
 
 from .e2e_fleet import Fleet, processes_with
-from .e2e_sessions import Answer, Session, SessionLoad
+from .e2e_sessions import SessionLoad
 
 Kind = Literal["instance", "agent", "controller"]
 KINDS: tuple[Kind, ...] = ("instance", "agent", "controller")
@@ -182,49 +182,6 @@ class Watch:
                         f"{time.time():.2f}: {name} ({v.get('state')}) has open sessions "
                         "and no ready instance in the router's table"
                     )
-
-
-class FaultLoad(SessionLoad):
-    """``SessionLoad`` that also keeps the first line of a failed answer's body."""
-
-    def _user(self, user: int) -> None:
-        self._stop.wait(user * self.think * self.requests_per_session / self.users)
-        while self._running():
-            session = Session(id=next(self._ids))
-            length = self.requests_per_session + session.id % 3
-            with self._lock:
-                self.sessions.append(session)
-            with httpx.Client(timeout=10.0, headers=self.headers) as client:
-                for n in range(length):
-                    if not self._running():
-                        break
-                    sent = time.time()
-                    try:
-                        r = client.get(f"{self.url}/page/{n}")
-                        app_v = r.headers.get("x-app-version")
-                        router_v = r.headers.get("skewless-version")
-                        if r.status_code == 200 and router_v != app_v:
-                            with self._lock:
-                                self.problems.append(
-                                    f"{sent:.2f} session {session.id}: router said {router_v}, "
-                                    f"app said {app_v}"
-                                )
-                        session.answers.append(
-                            Answer(
-                                sent=sent,
-                                version=app_v or router_v,
-                                status=r.status_code,
-                                error=None if r.status_code == 200 else r.text[:120].strip(),
-                                repinned=r.headers.get("skewless-repinned"),
-                            )
-                        )
-                    except httpx.HTTPError as exc:
-                        session.answers.append(
-                            Answer(sent=sent, version=None, status=None, error=repr(exc))
-                        )
-                    self._stop.wait(self.think)
-                else:
-                    session.done = True
 
 
 @dataclass(frozen=True)

@@ -125,12 +125,17 @@ class SessionLoad:
                         app_v = r.headers.get("x-app-version")
                         if r.status_code == 200 and router_v != app_v:
                             with self._lock:
-                                self.problems.append(f"router said {router_v}, app said {app_v}")
+                                self.problems.append(
+                                    f"{sent:.2f} session {session.id}: router said {router_v}, "
+                                    f"app said {app_v}"
+                                )
                         session.answers.append(
                             Answer(
                                 sent=sent,
                                 version=app_v or router_v,
                                 status=r.status_code,
+                                # the first line of a failed answer says who failed it
+                                error=None if r.status_code == 200 else r.text[:120].strip(),
                                 repinned=r.headers.get("skewless-repinned"),
                             )
                         )

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from .e2e_faults import (
-    FaultLoad,
     FaultRunner,
     Watch,
     admin_url,
@@ -32,6 +31,7 @@ from .e2e_faults import (
     schedule,
 )
 from .e2e_fleet import Fleet, wait_for
+from .e2e_sessions import SessionLoad
 
 pytestmark = [
     pytest.mark.slow,
@@ -67,7 +67,7 @@ def test_rolling_release_survives_kill_9(fleet: Fleet, seed: int) -> None:
     first = fleet.deploy("shop", "v1", *COMMON)
     assert first.returncode == 0, first.stdout + first.stderr
     faults = schedule(seed, window=WINDOW, kinds=KINDS)
-    with FaultLoad(fleet.http, users=4, requests_per_session=6, think=0.1) as load:
+    with SessionLoad(fleet.http, users=4, requests_per_session=6, think=0.1) as load:
         wait_for("sessions on v1", lambda: load.requests() > 20, timeout=30)
         runner = FaultRunner(fleet, faults)
         with Watch(admin=admin_url(fleet), fleet=fleet, load=load, desired=INSTANCES) as watch:
