@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from localports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_CORE, OTHER_CORE = "0", "1"
@@ -66,21 +67,6 @@ def which(name: str) -> str | None:
     if found:
         return found
     return f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
