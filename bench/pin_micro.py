@@ -14,7 +14,8 @@ once for an app with pins (a returning client with a valid cookie, on a keep-ali
 connection) and once for an app with ``session.pin: false`` (assignment by weight, no
 pin at all); the difference is what pinning costs per request in the router. Those two
 repeat one request and one response byte for byte (the replay lanes of the router);
-the last two rows vary the path (every request parsed), then the body length too (every
+the last three rows vary the path (the header lane: same header block, new request
+line), then a header too (every request parsed), then the body length too (every
 response parsed as well).
 """
 
@@ -85,7 +86,9 @@ def proxy_path() -> list[tuple[str, float]]:
     from skewless.router.server import Options, RouterServer
     from skewless.router.upstream import UpstreamProtocol
 
-    def one(pin: bool, vary_request: bool = False, vary_response: bool = False) -> float:
+    def one(
+        pin: bool, vary_request: bool = False, vary_response: bool = False, vary_head: bool = False
+    ) -> float:
         codec = PinCodec(KEYS)
         server = RouterServer(codec, Options())
         v = {"version": "v1", "weight": 1.0, "instances": [{"id": "a", "address": "127.0.0.1:1"}]}
@@ -103,6 +106,10 @@ def proxy_path() -> list[tuple[str, float]]:
         reqs = [
             req.replace(b"GET / ", b"GET /item/%d " % i) if vary_request else req for i in range(n)
         ]
+        if vary_head:  # a header that changes every time: the whole head is parsed
+            reqs = [
+                r.replace(b"\r\n\r\n", b"\r\nX-Request: %d\r\n\r\n" % i) for i, r in enumerate(reqs)
+            ]
         resps = [
             RESPONSE.replace(b"Content-Length: 13", b"Content-Length: %d" % (13 + i % 7))
             + b"x" * (i % 7)
@@ -124,10 +131,14 @@ def proxy_path() -> list[tuple[str, float]]:
         ("whole request, app with pins (valid cookie, keep-alive)", pinned),
         ("whole request, app with session.pin false", unpinned),
         ("=> pin verification + pinned routing on the proxy path", pinned - unpinned),
-        ("whole request, pins, a new path per request (request parsed)", one(True, True)),
+        ("whole request, pins, a new path per request (header lane)", one(True, True)),
         (
-            "whole request, pins, new path and body length each time (both parsed)",
-            one(True, True, True),
+            "whole request, pins, a new path and a new header each time (request parsed)",
+            one(True, True, vary_head=True),
+        ),
+        (
+            "whole request, pins, new path, header and body length each time (both parsed)",
+            one(True, True, True, vary_head=True),
         ),
     ]
 

@@ -11,6 +11,8 @@ import socket
 import time
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from router_harness import instance, read_response, table, version
 
 from skewless.core.pin import PinCodec, parse_keys
@@ -110,6 +112,7 @@ class Rig:
         """Feed the client's read; what reached the instance."""
         if not self.lanes:
             self.client.memo = None
+            self.client.block_memo = None
         if not self.inst.idle:
             self.connect()
         self.client.data_received(data)
@@ -157,8 +160,8 @@ def play(steps: list[tuple[str, bytes]]) -> tuple[list[bytes], Rig, Rig]:
     return outputs, on, off
 
 
-def get(extra: bytes = b"") -> bytes:
-    return b"GET / HTTP/1.1\r\nHost: shop\r\nCookie: skewless-shop=TOKEN\r\n" + extra + b"\r\n"
+def get(extra: bytes = b"", line: bytes = b"GET / HTTP/1.1") -> bytes:
+    return line + b"\r\nHost: shop\r\nCookie: skewless-shop=TOKEN\r\n" + extra + b"\r\n"
 
 
 def test_repeated_request_and_response_take_both_lanes() -> None:
@@ -379,3 +382,85 @@ def test_real_router_repeats_and_alternations(backend_factory: Any, router_facto
             assert chunk, data
             data += chunk
         assert data.count(b"HTTP/1.1 200") == 2 and b'"/a"' in data
+
+
+# ---- the header lane: the same header block with a new request line -----------------
+
+
+def test_new_paths_with_the_same_headers_take_the_header_lane() -> None:
+    paths = [b"/item/%d?q=a%%20b&x=(1)" % i for i in range(6)]
+    steps = []
+    for path in paths:
+        steps += [("c", get(line=b"GET " + path + b" HTTP/1.1")), ("u", response())]
+    outputs, on, off = play(steps)
+    for path, sent in zip(paths, outputs[::2], strict=True):
+        assert sent.startswith(b"GET " + path + b" HTTP/1.1\r\nHost: shop\r\n")
+        assert b"X-Forwarded-For: 127.0.0.1\r\n" in sent
+    # the second read makes the header block a memo; the other four are not parsed
+    assert on.client_parses == 2 and off.client_parses == 6
+    assert on.server.stats[("shop", "v1")].requests == 6
+    assert on.client.block_memo is not None
+
+
+@given(
+    line=st.one_of(
+        st.builds(
+            lambda m, t, v: m + b" " + t + b" " + v,
+            st.sampled_from([b"GET", b"HEAD", b"POST", b"get", b"OPTIONS", b"GET "]),
+            st.one_of(
+                st.binary(max_size=12).map(lambda b: b"/" + b),
+                st.text("/azAZ09-._~!$&'()*+,;=:@?%#[]{}|\\^`\"<> ", max_size=12).map(
+                    lambda t: t.encode()
+                ),
+                st.sampled_from([b"http://shop/x", b"*", b"shop:80", b"//x", b"/\x00", b"/a\tb"]),
+            ),
+            st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.1 ", b"http/1.1", b"HTTP/2.0"]),
+        ),
+        st.binary(max_size=30),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_header_lane_agrees_with_the_parser_on_any_request_line(line: bytes) -> None:
+    """After the memo is made, any request line with the memorised header block gives
+    the same bytes to the instance and the client as httptools' parse, or the same
+    refusal."""
+    steps = [("c", get(line=b"GET /a HTTP/1.1")), ("u", response())] * 2
+    steps += [("c", get(line=line)), ("u", response())]
+    steps += [("c", get(line=b"GET /b HTTP/1.1")), ("u", response())]
+    play(steps)
+
+
+def test_header_lane_respects_the_head_size_limit() -> None:
+    long_line = b"GET /" + b"a" * 70000 + b" HTTP/1.1"
+    steps = [("c", get(line=b"GET /a HTTP/1.1")), ("u", response())] * 2
+    steps += [("c", get(line=long_line))]
+    outputs, on, _ = play(steps)
+    assert outputs[-1] == b""
+    assert on.client_t.take().startswith(b"HTTP/1.1 431 ")
+
+
+def test_header_lane_is_not_taken_after_a_reload_or_for_other_methods() -> None:
+    on = Rig()
+    for path in (b"/a", b"/b"):
+        on.client_reads(get(line=b"GET " + path + b" HTTP/1.1").replace(b"TOKEN", on.token))
+        on.upstream_reads(response())
+    assert on.client_parses == 2
+    on.server.apply_table(on.table())  # a new table: the pin header set may differ
+    on.client_reads(get(line=b"GET /c HTTP/1.1").replace(b"TOKEN", on.token))
+    on.upstream_reads(response())
+    assert on.client_parses == 3
+    on.client_reads(get(line=b"DELETE /d HTTP/1.1").replace(b"TOKEN", on.token))
+    assert on.upstream_reads(response()).endswith(b"hello, world\n")
+    assert on.client_parses == 4
+
+
+def test_header_lane_on_a_draining_router_closes() -> None:
+    on = Rig()
+    for path in (b"/a", b"/b"):
+        on.client_reads(get(line=b"GET " + path + b" HTTP/1.1").replace(b"TOKEN", on.token))
+        on.upstream_reads(response())
+    on.server.draining = True
+    on.client_reads(get(line=b"GET /c HTTP/1.1").replace(b"TOKEN", on.token))
+    answer = on.upstream_reads(response())
+    assert on.client_parses == 2
+    assert b"Connection: close\r\n" in answer and on.client_t.closed

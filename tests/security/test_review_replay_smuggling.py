@@ -174,3 +174,46 @@ def test_an_early_answer_through_the_replay_lane_still_says_close(
     assert b"Connection: close" in out, out  # we could not skip the body: the client goes
     assert "/smuggled" not in fresh.backend.heads and "/next" not in fresh.backend.heads
     assert b"smuggled" not in fresh.backend.raw_all()
+
+
+def warm_up_header_lane(s: socket.socket) -> list[str]:
+    """Three pinned GETs with the same headers and a new path each, one read each: the
+    second arms the header lane, the third takes it. Returns the paths sent."""
+    cookie = pin_cookie(s)
+    paths = ["/lane/1", "/lane/2?a=b%20c", "/lane/3;x=(y)"]
+    for path in paths:
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + cookie + b"\r\n")
+        out = recv_until(s, b"\r\n\r\n" + WARM_ANSWER)
+        assert statuses(out) == [200], out
+    return paths
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_smuggling_vector_after_the_header_lane_is_refused(fresh: Stack, name: str) -> None:
+    """The header lane (same header block, a new request line) armed and taken, then the
+    vector on the same connection: 400 and close, nothing of it reaches the backend."""
+    with socket.create_connection(("127.0.0.1", fresh.port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        paths = warm_up_header_lane(s)
+        s.sendall(REFUSED[name])
+        rest = recv_until(s, b"never")
+    assert statuses(rest) == [400], rest[:300]
+    barrier(fresh)
+    assert [r.path for r in fresh.backend.app_requests()] == ["/pin", *paths]
+    assert b"smuggled" not in fresh.backend.raw_all()
+
+
+@pytest.mark.parametrize("name", list(FORWARDED))
+def test_valid_framing_after_the_header_lane_is_forwarded_once(fresh: Stack, name: str) -> None:
+    data, body = FORWARDED[name]
+    with socket.create_connection(("127.0.0.1", fresh.port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        paths = warm_up_header_lane(s)
+        s.sendall(data)
+        out = recv_until(s, b"\r\n\r\nok %d" % len(body))
+    assert statuses(out)[:1] == [200], out[:300]
+    barrier(fresh)
+    reqs = fresh.backend.app_requests()
+    assert [r.path for r in reqs[:4]] == ["/pin", *paths]
+    assert len(reqs) == 5 and reqs[4].body == body, [(r.path, r.body) for r in reqs]
+    assert b"smuggled" not in fresh.backend.raw_all()

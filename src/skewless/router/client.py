@@ -28,6 +28,15 @@ identically. The parser is at a boundary after a read whose last request ended, 
 body, exactly at the end of the read (llhttp skips bare CRLFs between messages, and any
 other byte after it would have started or failed a new message).
 
+The header lane: a client walking an app on one connection sends the same header block
+(Host, cookies, Accept ...) with a new path each time. A read made of a strict request
+line (``GET``, an origin-form target of RFC 3986 characters, ``HTTP/1.1``) followed by
+the header block of the previous bodiless GET, byte for byte, reuses that parse with the
+new target (``block_memo``): the header block parses identically, and the request line
+is one that httptools accepts with the same meaning (a strict subset of its grammar).
+Anything else (another method, an absolute-form target, a byte outside the set, a head
+over the size limit) goes to httptools.
+
 Failures: no eligible instance -> 503 + Retry-After; no response head within the upstream
 timeout -> 504; the instance fails before the response head -> 502; it fails after the
 head -> the client connection is closed (the client sees a short body or a missing final
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -68,6 +78,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skewless.router")
 
+_GET_LINE = re.compile(rb"GET /[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]* HTTP/1\.1").fullmatch
+"""A request line the header lane takes: GET, origin-form target of RFC 3986 characters
+(unreserved, sub-delims, ``:@/?%``), HTTP/1.1; httptools accepts every such line."""
+
 RequestMemo = tuple[
     bytes, bool, bool, bytes, bytes, "bytes | None", "bytes | None", frozenset[bytes]
 ]
@@ -89,6 +103,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "active",
         "awaiting_head",
+        "block_memo",
         "boundary",
         "chunked",
         "closing",
@@ -122,6 +137,7 @@ class ClientProtocol(asyncio.Protocol):
         "receiving",
         "refusal",
         "seen",
+        "seen_block",
         "server",
         "to_start",
         "transport",
@@ -179,6 +195,11 @@ class ClientProtocol(asyncio.Protocol):
         """The last read that was exactly one request: a memo once it comes twice."""
         self.memo: tuple[bytes, RequestMemo] | None = None
         """(raw read, its parse) for the replay lane."""
+        self.seen_block = b""
+        """The header block (from the first CRLF) of the last read that was one request."""
+        self.block_memo: tuple[bytes, RequestMemo] | None = None
+        """(header block, its parse with the head after the request line) for the header
+        lane."""
 
     def __repr__(self) -> str:
         return f"ClientProtocol({self.ip.decode()} active={self.active!r} paused={self.paused})"
@@ -240,6 +261,21 @@ class ClientProtocol(asyncio.Protocol):
         ):
             self.replay(memo[1])
             return
+        memo = self.block_memo
+        if (
+            memo is not None
+            and self.boundary
+            and data.endswith(memo[0])
+            and self.active is None
+            and self.refusal is None
+            and not self.closing
+            and memo[1][7] is self.server.pin_headers
+            and len(data) <= self.server.max_head
+        ):
+            line = len(data) - len(memo[0])
+            if _GET_LINE(data, 0, line) is not None:
+                self.replay(memo[1], data[: line + 2] + memo[1][3])
+                return
         was_boundary = self.boundary
         self.boundary = False
         self.heads = 0
@@ -285,6 +321,12 @@ class ClientProtocol(asyncio.Protocol):
                         self.remember(data)
                     else:
                         self.seen = data
+                        line = data.find(b"\r\n")
+                        block = data[line:]
+                        if block == self.seen_block:  # the same headers twice in a row
+                            self.remember_block(data, line)
+                        else:
+                            self.seen_block = block
         pending = self.to_start
         if pending is not None:
             self.to_start = None
@@ -313,7 +355,40 @@ class ClientProtocol(asyncio.Protocol):
             ),
         )
 
-    def replay(self, memo: RequestMemo) -> None:
+    def remember_block(self, data: bytes, line: int) -> None:
+        """Make the header block of ``data`` (one whole request, just parsed, whose
+        request line ends at ``line``) the header lane's memo, if the request is a
+        bodiless GET whose request line the lane would take."""
+        head = self.last_head
+        ex = self.receiving
+        rest = self.last_rest
+        if (
+            head is None
+            or ex is None
+            or rest is None
+            or ex.method != b"GET"
+            or head.chunked
+            or head.content_length > 0
+            or head.upgrade
+            or not self.http11
+            or _GET_LINE(data, 0, line) is None
+        ):
+            return
+        self.block_memo = (
+            data[line:],
+            (
+                ex.method,
+                head.close,
+                True,
+                rest,
+                head.host,
+                head.cookie,
+                head.captured,
+                self.last_capture,
+            ),
+        )
+
+    def replay(self, memo: RequestMemo, head: bytes | None = None) -> None:
         """The replay lane: what ``on_headers_complete`` and ``on_message_complete`` did
         for the same bytes, without parsing them again.
 
@@ -321,10 +396,10 @@ class ClientProtocol(asyncio.Protocol):
         (a counter, a limit, a timer, a flag of the server) added to those callbacks
         must be added here too; a new check of the bytes themselves needs nothing.
         """
-        method, close, http11, head, host, cookie, captured, _ = memo
+        method, close, http11, memo_head, host, cookie, captured, _ = memo
         server = self.server
         ex = Exchange(self, method, False, close or server.draining, False)
-        ex.head = head
+        ex.head = memo_head if head is None else head
         ex.request_done = True
         self.http11 = http11
         self.chunked = False
