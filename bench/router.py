@@ -11,8 +11,10 @@ session). HAProxy, nginx and wrk are installed from Debian packages if missing.
 Prints requests/s and p50/p99 latency per proxy and connection count, each as a ratio
 to HAProxy's figure in the same run. wrk repeats one request byte for byte, which is the
 best case for the router's replay lane (``skewless.router.client``); the "varied" rows
-give every request its own path (a wrk Lua script), so every request is parsed, and
-compare it with HAProxy driven the same way. Then skewless with ``--workers 2`` on both cores
+give every request its own path (a wrk Lua script: the header lane, the same headers
+with a new request line), and the "parsed" rows a new path and a new ``X-Request-Id``
+header (every request parsed whole, the router's general path), each compared with
+HAProxy driven the same way. Then skewless with ``--workers 2`` on both cores
 (sharing them with wrk and the origin, so it shows contention as much as scaling).
 Numbers are only comparable within one run: the machine and its neighbours vary.
 """
@@ -237,6 +239,17 @@ request = function()
 end
 """
 
+PARSED = """
+local n = 0
+request = function()
+  n = n + 1
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["X-Request-Id"] = tostring(n)
+  return wrk.format(nil, "/item/" .. n, h)
+end
+"""
+
 
 def wrk(
     port: int, conns: int, duration: float, cookie: str, script: str | None = None
@@ -293,7 +306,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--conns", default="50,200")
     ap.add_argument("--no-workers", action="store_true", help="skip the --workers 2 rows")
-    ap.add_argument("--no-varied", action="store_true", help="skip the varied-path rows")
+    ap.add_argument("--no-varied", action="store_true", help="skip the varied and parsed rows")
     args = ap.parse_args()
     ensure_tools()
     conns = [int(c) for c in args.conns.split(",")]
@@ -303,6 +316,9 @@ def main() -> int:
         tmp = Path(t)
         vary = tmp / "vary.lua"
         vary.write_text(VARY)
+        parsed = tmp / "parsed.lua"
+        parsed.write_text(PARSED)
+        scripts = {"varied": str(vary), "parsed": str(parsed)}
         origin_port = free_port()
         with process(origin(tmp, origin_port), ORIGIN_CORE, origin_port):
             runs: list[tuple[str, str]] = [
@@ -312,12 +328,13 @@ def main() -> int:
             ]
             if not args.no_varied:
                 runs += [("haproxy varied", PROXY_CORE), ("skewless varied", PROXY_CORE)]
+                runs += [("haproxy parsed", PROXY_CORE), ("skewless parsed", PROXY_CORE)]
             if not args.no_workers:
                 runs.append(("skewless --workers 2", "0,1"))
             for name, cores in runs:
                 port = free_port()
                 env = None
-                script = str(vary) if "varied" in name else None
+                script = scripts.get(name.rpartition(" ")[2])
                 if name.startswith("haproxy"):
                     cmd = haproxy(tmp, port, origin_port)
                 elif name == "nginx":
@@ -344,7 +361,8 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, c), r in results.items():
-        base = results[("haproxy varied" if "varied" in name else "haproxy", c)]
+        kind = name.rpartition(" ")[2]
+        base = results[("haproxy " + kind if kind in scripts else "haproxy", c)]
         label = name + (" (2 cores, shared with wrk)" if "workers" in name else " (1 core)")
         print(
             f"| {label} | {c} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['p50']:.2f} | "
@@ -354,7 +372,8 @@ def main() -> int:
     print()
     print(
         f"wrk -t1 --latency, {args.duration:g} s per cell, every request with a valid pin cookie "
-        "(varied rows: a new path per request, compared with HAProxy varied); "
+        "(varied rows: a new path per request; parsed rows: a new path and a new "
+        "X-Request-Id header per request; each compared with HAProxy driven the same way); "
         f"origin and wrk on core {ORIGIN_CORE}, proxies on core {PROXY_CORE}. CPU us/req: user +"
         " system time of the proxy's processes per request answered (robust to other load on"
         " the machine, unlike req/s)."
