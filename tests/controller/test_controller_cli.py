@@ -17,6 +17,7 @@ from skewless.controller.cli import main
         (["--store", "postgresql://db/skewless"], "PostgreSQL store is not available yet"),
         (["--store", "mysql://x"], "--store must look like sqlite:///PATH"),
         (["--planner", "no.such.module:plan"], "--planner no.such.module:plan"),
+        (["--events-kept", "0"], "--events-kept must be at least 1"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(

@@ -174,3 +174,23 @@ def test_open_store_rejects_unknown_urls(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sqlite:///PATH"):
         open_store("mysql://x")
     open_store(f"sqlite:///{tmp_path}/ok.db").close()
+
+
+def test_events_are_pruned_beyond_the_kept_number(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "e.db", events_kept=5)
+    ids = [store.add_event(app="shop", kind="k", message=f"m{i}", now=float(i)) for i in range(23)]
+    kept = store.list_events()
+    # pruned at every 5th id: at most 5 + 4 kept, always the newest, ids still growing
+    assert [e.id for e in kept] == sorted(e.id for e in kept)
+    assert kept[-1].id == ids[-1] and kept[-1].message == "m22"
+    assert 5 <= len(kept) < 10
+    assert all(e.id > ids[-1] - 10 for e in kept)
+    after = store.list_events(after=kept[-1].id)
+    assert after == []
+    new = store.add_event(app="shop", kind="k", message="next", now=99.0)
+    assert new > ids[-1]
+
+
+def test_events_kept_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="events_kept"):
+        SqliteStore(tmp_path / "e.db", events_kept=0)

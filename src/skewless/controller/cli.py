@@ -94,6 +94,13 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--tick", type=float, default=0.5, help="engine tick in seconds (default 0.5)")
     p.add_argument(
+        "--events-kept",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="events kept in the store, all apps together; older ones are pruned (default 100000)",
+    )
+    p.add_argument(
         "--planner",
         default=None,
         metavar="MODULE:FUNC",
@@ -135,8 +142,14 @@ def main(argv: list[str]) -> int:
 
     from skewless.controller.store_sqlite import open_store
 
+    if args.events_kept < 1:
+        print(
+            f"skewless controller: --events-kept must be at least 1 (got {args.events_kept})",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        store = open_store(store_url)
+        store = open_store(store_url, events_kept=args.events_kept)
     except (ValueError, OSError, sqlite3.Error) as exc:
         print(f"skewless controller: {exc}", file=sys.stderr)
         return 2

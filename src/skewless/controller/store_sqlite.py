@@ -87,8 +87,16 @@ ROLLOUT_FIELDS = frozenset(
 )
 
 
+EVENTS_KEPT = 100_000
+"""Events kept by default (all apps together); older ones are pruned as new ones come."""
+PRUNE_EVERY = 1000
+
+
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, events_kept: int = EVENTS_KEPT) -> None:
+        if events_kept < 1:
+            raise ValueError(f"events_kept must be at least 1 (got {events_kept})")
+        self.events_kept = events_kept
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -396,7 +404,13 @@ class SqliteStore:
             (now, app, kind, message, json.dumps(data or {})),
         )
         assert cur.lastrowid is not None
-        return cur.lastrowid
+        event_id = cur.lastrowid
+        # Bounded history: every PRUNE_EVERY events (and whenever fewer are kept), the
+        # oldest beyond ``events_kept`` go. Ids only grow (AUTOINCREMENT), so a reader
+        # following with ``after`` never sees an id twice or goes backwards.
+        if event_id % min(PRUNE_EVERY, self.events_kept) == 0:
+            self._x("DELETE FROM events WHERE id <= ?", (event_id - self.events_kept,))
+        return event_id
 
     def list_events(
         self, *, app: str | None = None, after: int = 0, limit: int = 500
@@ -473,10 +487,10 @@ def _journal(r: sqlite3.Row) -> JournalRow:
     return JournalRow(**d)
 
 
-def open_store(url: str) -> SqliteStore:
+def open_store(url: str, *, events_kept: int = EVENTS_KEPT) -> SqliteStore:
     """Open a store from ``sqlite:///PATH`` (``sqlite:///:memory:`` for tests)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite:///") :])
+        return SqliteStore(url[len("sqlite:///") :], events_kept=events_kept)
     if url.startswith(("postgresql://", "postgres://")):
         raise ValueError("--store: the PostgreSQL store is not available yet; use sqlite:///PATH")
     raise ValueError(f"--store must look like sqlite:///PATH (got {url!r})")
