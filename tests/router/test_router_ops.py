@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -268,6 +269,38 @@ def test_workers_share_the_port_and_all_see_reloads(
     assert any("starting it again" in x for x in r.lines)
     for _ in range(20):  # the new worker serves the table in force, not the first one
         assert httpx.get(f"{r.url}/").json()["name"] == "v2"
+
+
+def test_workers_metrics_show_every_worker(
+    backend_factory: Any, router_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --workers 2, worker 0's /metrics has both workers' samples (label
+    ``worker``), each family once; the supervisor removes its metrics directory."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    b = backend_factory("v1")
+    r = router_factory(one_version(b), "--workers", "2", "--watch-interval", "3600")
+    for _ in range(40):  # a new connection each time: the kernel spreads them
+        assert httpx.get(f"{r.url}/").status_code == 200
+
+    def served() -> dict[str, int] | None:
+        text = httpx.get(f"{r.admin}/metrics", timeout=5).text
+        per: dict[str, int] = {}
+        for m in re.finditer(r'skewless_requests_total\{[^}]*worker="(\d)"\} (\d+)', text):
+            per[m[1]] = per.get(m[1], 0) + int(m[2])
+        return per if sum(per.values()) == 40 else None
+
+    per = wait_for(served, what="both workers' requests in /metrics")
+    assert set(per) == {"0", "1"} and all(n > 0 for n in per.values()), per
+    text = httpx.get(f"{r.admin}/metrics", timeout=5).text
+    types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)) and "# TYPE skewless_requests_total counter" in types
+    assert 'skewless_client_connections{worker="1"}' in text
+    assert next(p.name for p in tmpdir.iterdir()).startswith("skewless-router-metrics-")
+    r.signal(signal.SIGTERM)
+    assert r.proc.wait(20) == 0
+    assert list(tmpdir.iterdir()) == []
 
 
 def test_sigterm_drains_in_flight_and_exits_zero(backend_factory: Any, router_factory: Any) -> None:

@@ -21,8 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from skewless.router.limits import render_metrics as render_limits
-from skewless.router.metrics import render_prometheus
+from skewless.router.metrics import exposition, merge_expositions, sibling_expositions
 from skewless.router.server import RouterServer
 
 
@@ -59,13 +58,9 @@ def build_app(server: RouterServer, token: str | None) -> Starlette:
     async def metrics(request: Request) -> Response:
         if not allowed(request):
             return denied()
-        now = time.time()
-        stats = [(s, rt.idle) for rt in server.apps.values() for s in rt.stats.values()]
-        instances = [(i.id, i.app, i.version, i.inflight, i.up) for i in server.instances.values()]
-        text = render_prometheus(
-            stats, instances, server.table.generation, now, server.options.worker
-        )
-        text += render_limits(server)
+        text = exposition(server)
+        if server.options.metrics_dir is not None:  # --workers N: the others' too
+            text = merge_expositions([text, *sibling_expositions(server, time.time())])
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def state(request: Request) -> Response:

@@ -31,9 +31,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -316,6 +318,24 @@ def upgrade_socket_path(args: argparse.Namespace, port: int) -> str | None:
 
 
 def supervise(
+    args: argparse.Namespace,
+    keys: Keyring,
+    table: RouteTable,
+    socks: list[socket.socket],
+    admin_sock: socket.socket | None,
+    handover: Handover | None,
+    upgrade_path: str | None,
+) -> int:
+    # Each worker publishes its metrics here every second; worker 0's /metrics merges
+    # them (the workers share no memory). Removed when the supervisor ends.
+    args.metrics_dir = tempfile.mkdtemp(prefix="skewless-router-metrics-")
+    try:
+        return _supervise(args, keys, table, socks, admin_sock, handover, upgrade_path)
+    finally:
+        shutil.rmtree(args.metrics_dir, ignore_errors=True)
+
+
+def _supervise(
     args: argparse.Namespace,
     keys: Keyring,
     table: RouteTable,

@@ -7,9 +7,20 @@ answered within 5 ms, ``le_inf`` counts all of them.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skewless.router.limits import render_metrics as render_limits
+
+if TYPE_CHECKING:
+    from skewless.router.server import RouterServer
+
+log = logging.getLogger("skewless.router")
 
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 BOUNDS_S = tuple(b / 1000 for b in BUCKETS_MS)
@@ -191,3 +202,91 @@ def render_prometheus(
             f'version="{_label(version)}",{w}}} {int(healthy)}'
         )
     return "\n".join(lines) + "\n"
+
+
+def merge_expositions(texts: Iterable[str]) -> str:
+    """Several Prometheus text expositions (one per worker, each sample labelled with
+    its ``worker``) as one: each family's ``# HELP`` and ``# TYPE`` once, then the samples
+    of every text, families in the order they first appear. The text format requires a
+    family's lines to be together, so the texts cannot simply be concatenated."""
+    order: list[str] = []
+    heads: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for text in texts:
+        family = ""
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if family not in heads:
+                        order.append(family)
+                        heads[family] = []
+                        samples[family] = []
+                    if not any(h.split(" ", 3)[1] == parts[1] for h in heads[family]):
+                        heads[family].append(line)
+                continue
+            if family not in samples:  # a sample before any HELP/TYPE: a family of its own
+                order.append(family)
+                heads[family] = []
+                samples[family] = []
+            samples[family].append(line)
+    out: list[str] = []
+    for family in order:
+        out += heads[family]
+        out += samples[family]
+    return "\n".join(out) + "\n" if out else ""
+
+
+SIBLING_STALE = 5.0
+"""A sibling's metrics older than this are left out (its worker died; the restarted one
+writes anew within a second)."""
+
+
+def exposition(server: RouterServer) -> str:
+    """This worker's metrics, in the Prometheus text format."""
+    stats = [(s, rt.idle) for rt in server.apps.values() for s in rt.stats.values()]
+    instances = [(i.id, i.app, i.version, i.inflight, i.up) for i in server.instances.values()]
+    text = render_prometheus(
+        stats, instances, server.table.generation, time.time(), server.options.worker
+    )
+    return text + render_limits(server)
+
+
+def metrics_file(directory: str, worker: int) -> Path:
+    return Path(directory) / f"worker-{worker}.prom"
+
+
+def publish_metrics(server: RouterServer) -> None:
+    """Write this worker's metrics where worker 0's ``/metrics`` reads them (atomically)."""
+    directory = server.options.metrics_dir
+    if directory is None:
+        return
+    target = metrics_file(directory, server.options.worker)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(exposition(server))
+        os.replace(tmp, target)
+    except OSError as error:  # the directory went away (the router is stopping)
+        log.debug("cannot publish metrics to %s: %s", target, error)
+
+
+def sibling_expositions(server: RouterServer, now: float) -> list[str]:
+    """The metrics the other workers published within ``SIBLING_STALE`` seconds."""
+    directory = server.options.metrics_dir
+    out: list[str] = []
+    if directory is None:
+        return out
+    for worker in range(server.options.workers):
+        if worker == server.options.worker:
+            continue
+        path = metrics_file(directory, worker)
+        try:
+            if now - path.stat().st_mtime > SIBLING_STALE:
+                continue
+            out.append(path.read_text())
+        except OSError:
+            continue
+    return out

@@ -62,6 +62,10 @@ class Options:
     eject_time: float = 10.0
     drain_timeout: float = 30.0
     worker: int = 0
+    workers: int = 1
+    metrics_dir: str | None = None
+    """With ``--workers N``: where each worker publishes its metrics for worker 0's
+    ``/metrics`` (a directory the supervisor makes and removes)."""
     secure_cookies: bool = False
     """Mark pin cookies ``Secure`` (the router sits behind a TLS terminator)."""
     body_timeout: float = 20.0

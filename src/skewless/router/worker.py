@@ -28,7 +28,7 @@ from typing import Any
 from skewless.core.errors import ConfigError
 from skewless.core.pin import PinCodec
 from skewless.core.route_table import RouteTable
-from skewless.router import clock, drain, handover, health, ws_tunnel
+from skewless.router import clock, drain, handover, health, metrics, ws_tunnel
 from skewless.router.server import TICK, Options, RouterServer
 from skewless.router.sources import default_state_dir, load_keys, load_routes, signature
 from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, confirm_ready
@@ -77,6 +77,8 @@ class Worker:
             max_head=args.max_header_size,
             drain_timeout=args.drain_timeout,
             worker=index,
+            workers=args.workers,
+            metrics_dir=getattr(args, "metrics_dir", None),
             secure_cookies=args.secure_cookies,
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
@@ -162,6 +164,8 @@ class Worker:
             self.server.sweep()
             drain.close_due_tunnels(self.server, clock.wall, clock.mono)
             ticks += 1
+            if ticks % 10 == 0 and self.server.options.metrics_dir is not None:
+                metrics.publish_metrics(self.server)  # every second, for worker 0's /metrics
             if ticks % 100 == 0:  # forget sessions idle past their timeout (bounded memory)
                 now = time.time()
                 for rt in self.server.apps.values():
@@ -221,6 +225,8 @@ class Worker:
         listeners = [
             await loop.create_server(server.accept, sock=sock, backlog=4096) for sock in self.socks
         ]
+        if server.options.metrics_dir is not None:
+            metrics.publish_metrics(server)
         if self.on_serving is not None:
             self.on_serving()
         if self.handover is not None:
