@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,7 @@ class Unit:
 class Cell:
     """One wrk run against one proxy setting."""
 
+    rep: int  # which repetition of the whole plan
     kind: str  # "skewless" or "haproxy"
     n: int  # workers (skewless) or threads (HAProxy), one budget each
     budget: float  # cores per worker
@@ -346,6 +348,7 @@ def place(kind: str, n: int, pid: int, made: list[Budget], notes: list[str]) -> 
 def measure(args: argparse.Namespace, budgets: Budgets, notes: list[str]) -> list[Cell]:
     period_us = round(args.period_ms * 1000)
     cells: list[Cell] = []
+    supervisor: list[float] = []  # CPU seconds of the --workers 2 parent, per start
     plan = [("haproxy", 1), ("skewless", 1), ("haproxy", 2), ("skewless", 2)]
     if args.no_haproxy_threads:
         plan.remove(("haproxy", 2))
@@ -353,7 +356,7 @@ def measure(args: argparse.Namespace, budgets: Budgets, notes: list[str]) -> lis
         tmp = Path(t)
         origin_port = free_port()
         with process(origin(tmp, origin_port, workers=2), "0,1", origin_port):
-            for budget in args.budgets:
+            for rep, budget in [(r, b) for r in range(args.repeat) for b in args.budgets]:
                 for kind, n in plan:
                     port = free_port()
                     env = None
@@ -364,7 +367,7 @@ def measure(args: argparse.Namespace, budgets: Budgets, notes: list[str]) -> lis
                         cmd += ["--upgrade-socket", "off"]
                     with process(cmd, "0,1", port, env) as pid:
                         made = [
-                            budgets.make(f"{kind}{n}-{budget:g}-{i}", budget, period_us)
+                            budgets.make(f"{kind}{n}-{budget:g}-{rep}-{i}", budget, period_us)
                             for i in range(n)
                         ]
                         units = place(kind, n, pid, made, notes)
@@ -374,6 +377,7 @@ def measure(args: argparse.Namespace, budgets: Budgets, notes: list[str]) -> lis
                         parent = cpu_seconds(pid) if kind == "skewless" and n > 1 else 0.0
                         for c in args.conns:
                             cell = Cell(
+                                rep,
                                 kind,
                                 n,
                                 budget,
@@ -394,11 +398,12 @@ def measure(args: argparse.Namespace, budgets: Budgets, notes: list[str]) -> lis
                                     f"traffic: CPU {cell.used}, connections {cell.held}"
                                 )
                         if kind == "skewless" and n > 1:
-                            notes.append(
-                                f"skewless --workers {n} at {budget:g} core: the supervisor "
-                                f"process (not budgeted) used {cpu_seconds(pid) - parent:.2f} s "
-                                "of CPU across its runs"
-                            )
+                            supervisor.append(cpu_seconds(pid) - parent)
+    if supervisor:
+        notes.append(
+            "skewless --workers 2: its supervisor process (not budgeted: it only waits for "
+            f"its workers) used at most {max(supervisor):.2f} s of CPU while it ran"
+        )
     return cells
 
 
@@ -411,6 +416,7 @@ def main() -> int:
     ap.add_argument(
         "--budget", default="0.25,0.45", help="cores per worker, one or more (0.05-1 each)"
     )
+    ap.add_argument("--repeat", type=int, default=1, help="run the whole plan N times (1-5)")
     ap.add_argument("--period-ms", type=float, default=10.0, help="CFS period (1-100 ms)")
     ap.add_argument("--no-haproxy-threads", action="store_true", help="skip HAProxy nbthread 2")
     args = ap.parse_args()
@@ -426,6 +432,9 @@ def main() -> int:
     if not 1.0 <= args.duration <= 50.0:
         # a pin over a minute old is re-signed on every request wrk repeats it in
         print("--duration: give 1 to 50 seconds (each cell gets a fresh pin)", file=sys.stderr)
+        return 2
+    if not 1 <= args.repeat <= 5:
+        print("--repeat: give 1 to 5", file=sys.stderr)
         return 2
     if not 1.0 <= args.period_ms <= 100.0:
         print("--period-ms: give a period between 1 and 100 ms", file=sys.stderr)
@@ -451,10 +460,26 @@ def main() -> int:
     return 0
 
 
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def report(
     cells: list[Cell], args: argparse.Namespace, how: str, load: tuple[float, ...], notes: list[str]
 ) -> None:
-    one = {(c.kind, c.budget, c.conns): c for c in cells if c.n == 1}
+    """One row per setting (medians over the repetitions), then the 2/1 ratios."""
+    runs: dict[tuple[str, int, float, int], list[Cell]] = {}
+    for c in cells:
+        runs.setdefault((c.kind, c.n, c.budget, c.conns), []).append(c)
+    ratios: dict[tuple[str, int, float, int], list[tuple[float, bool]]] = {}
+    for (kind, n, budget, conns), group in runs.items():
+        base = {c.rep: c for c in runs.get((kind, 1, budget, conns), [])}
+        ratios[(kind, n, budget, conns)] = [
+            (c.wrk["rps"] / base[c.rep].wrk["rps"], c.proxy_bound and base[c.rep].proxy_bound)
+            for c in group
+            if c.rep in base
+        ]
+    many = args.repeat > 1
     print()
     print(
         "| proxy | budgets (cores) | conns | req/s | vs 1 budget | p50 ms | p99 ms "
@@ -462,39 +487,63 @@ def report(
         "| proxy-bound | machine busy | non-2xx | socket errors |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for c in cells:
-        base = one.get((c.kind, c.budget, c.conns))
-        ratio = c.wrk["rps"] / base.wrk["rps"] if base else float("nan")
+    for key, group in runs.items():
+        kind, n, budget, conns = key
+        first = group[0]
+        rs = [r for r, _ in ratios[key]]
+        ratio = f"{median(rs):.2f}" + (
+            f" ({min(rs):.2f}-{max(rs):.2f})" if many and rs and n > 1 else ""
+        )
+        shares = [min(c.shares[i] for c in group) for i in range(len(first.shares))]
+        throttled = [min(c.throttled[i] for c in group) for i in range(len(first.throttled))]
+        bound = sum(c.proxy_bound for c in group)
         print(
-            f"| {c.label} | {c.n} x {c.budget:g} | {c.conns} | {c.wrk['rps']:,.0f} | "
-            f"{ratio:.2f} | {c.wrk['p50']:.2f} | {c.wrk['p99']:.2f} | {c.cpu_us:.1f} | "
-            + " / ".join(f"{s:.0%}" for s in c.shares)
+            f"| {first.label} | {n} x {budget:g} | {conns} | "
+            f"{median([c.wrk['rps'] for c in group]):,.0f} | {ratio} | "
+            f"{median([c.wrk['p50'] for c in group]):.2f} | "
+            f"{median([c.wrk['p99'] for c in group]):.2f} | "
+            f"{median([c.cpu_us for c in group]):.1f} | "
+            + " / ".join(f"{x:.0%}" for x in shares)
             + " | "
-            + " / ".join(f"{t:.0%}" for t in c.throttled)
-            + f" | {' / '.join(str(h) for h in c.held) or '-'} | "
-            f"{'yes' if c.proxy_bound else 'no'} | {c.busy:.0%} | {c.wrk['non2xx']:.0f} | {c.wrk['sockerr']:.0f} |"
+            + " / ".join(f"{x:.0%}" for x in throttled)
+            + f" | {' / '.join(str(h) for h in first.held) or '-'} | "
+            + (f"{bound}/{len(group)}" if many else ("yes" if bound else "no"))
+            + f" | {median([c.busy for c in group]):.0%} | "
+            f"{sum(c.wrk['non2xx'] for c in group):.0f} | "
+            f"{sum(c.wrk['sockerr'] for c in group):.0f} |"
         )
     print()
-    for c in cells:
-        base = one.get((c.kind, c.budget, c.conns))
-        if c.n == 2 and base is not None:
-            bound = (
-                "both proxy-bound"
-                if c.proxy_bound and base.proxy_bound
-                else ("NOT proxy-bound: the ratio measures the machine, not the proxy")
+    for key, pairs in ratios.items():
+        kind, n, budget, conns = key
+        if n != 2 or not pairs:
+            continue
+        each = ", ".join(f"{r:.2f}" + ("" if ok else "*") for r, ok in pairs)
+        bound = [r for r, ok in pairs if ok]
+        print(
+            f"{runs[key][0].label} / 1, {budget:g} core each, {conns} conns: "
+            f"{median([r for r, _ in pairs]):.2f} (ideal 2.00; each run: {each}; "
+            + (
+                f"median of the proxy-bound runs {median(bound):.2f})"
+                if bound
+                else "no run proxy-bound: the ratio measures the machine, not the proxy)"
             )
-            print(
-                f"{c.label} / {base.label}, {c.budget:g} core each, {c.conns} conns: "
-                f"{c.wrk['rps'] / base.wrk['rps']:.2f} (ideal 2.00; {bound})"
-            )
+        )
     print()
     print(
         f"Each worker (skewless process, HAProxy thread): a budget of N core every "
         f"{args.period_ms:g} ms ({how}, CPU weight 8x a task's), pinned to its own core; "
         "wrk -t2 and the origin (nginx, 2 workers) unconfined on both cores. "
-        f"wrk --latency, {args.duration:g} s per cell, every request with a valid pin cookie. "
-        "proxy-bound: every worker used >= 90% of its budget and hit its quota in >= 80% of "
-        "its periods. CPU us/req: the workers' CPU per request answered. Load average before: "
+        f"wrk --latency, {args.duration:g} s per cell, every request with a valid pin cookie"
+        + (
+            f"; {args.repeat} runs of the whole plan, medians (vs 1 budget: the ratio within "
+            "each run, median and range; CPU used / budget and periods throttled: the lowest "
+            "of the runs; client conns: the first run)"
+            if many
+            else ""
+        )
+        + ". proxy-bound: every worker used >= 90% of its budget and hit its quota in >= 80% "
+        "of its periods (* in the ratios: a run where the 1- or 2-budget cell was not). "
+        "CPU us/req: the workers' CPU per request answered. Load average before: "
         f"{load[0]:.2f}, after: {os.getloadavg()[0]:.2f}."
     )
     for note in notes:
