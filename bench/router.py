@@ -13,8 +13,11 @@ to HAProxy's figure in the same run. wrk repeats one request byte for byte, whic
 best case for the router's replay lane (``skewless.router.client``); the "varied" rows
 give every request its own path (a wrk Lua script), so every request is parsed, and
 compare it with HAProxy driven the same way. Then skewless with ``--workers 2`` on both cores
-(sharing them with wrk and the origin, so it shows contention as much as scaling).
+(sharing them with wrk and the origin, so it shows contention as much as scaling; whether
+two workers scale is measured by ``bench/router_scaling.py``, with equal CPU budgets).
 Numbers are only comparable within one run: the machine and its neighbours vary.
+Every wrk run gets a freshly issued pin: the router re-signs a pin over a minute old on
+every request that still carries it, which wrk, unlike a browser, would keep sending.
 """
 
 from __future__ import annotations
