@@ -454,6 +454,9 @@ def main() -> int:
     notes: list[str] = []
     try:
         cells = measure(args, budgets, notes)
+    except KeyboardInterrupt:
+        print("interrupted: processes stopped, cgroups removed", file=sys.stderr)
+        return 130
     finally:
         budgets.close()
     report(cells, args, how, load, notes)
