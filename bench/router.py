@@ -15,8 +15,11 @@ give every request its own path (a wrk Lua script: the header lane, the same hea
 with a new request line), and the "parsed" rows a new path and a new ``X-Request-Id``
 header (every request parsed whole, the router's general path), each compared with
 HAProxy driven the same way. Then skewless with ``--workers 2`` on both cores
-(sharing them with wrk and the origin, so it shows contention as much as scaling).
+(sharing them with wrk and the origin, so it shows contention as much as scaling; whether
+two workers scale is measured by ``bench/router_scaling.py``, with equal CPU budgets).
 Numbers are only comparable within one run: the machine and its neighbours vary.
+Every wrk run gets a freshly issued pin: the router re-signs a pin over a minute old on
+every request that still carries it, which wrk, unlike a browser, would keep sending.
 """
 
 from __future__ import annotations
@@ -90,14 +93,14 @@ def process(
             proc.wait(5)
 
 
-def nginx_conf(tmp: Path, name: str, body: str) -> Path:
+def nginx_conf(tmp: Path, name: str, body: str, workers: int = 1) -> Path:
     d = tmp / name
     d.mkdir()
     conf = d / "nginx.conf"
     conf.write_text(
         f"""
 user root;
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -114,12 +117,13 @@ http {{
     return conf
 
 
-def origin(tmp: Path, port: int) -> list[str]:
+def origin(tmp: Path, port: int, workers: int = 1) -> list[str]:
     conf = nginx_conf(
         tmp,
         "origin",
         f"server {{ listen 127.0.0.1:{port} backlog=4096; "
         f'location / {{ default_type text/plain; return 200 "hello, world\\n"; }} }}',
+        workers,
     )
     return [exe("nginx"), "-c", str(conf), "-p", str(conf.parent)]
 
@@ -135,12 +139,12 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int) -> list[str]:
     return [exe("nginx"), "-c", str(conf), "-p", str(conf.parent)]
 
 
-def haproxy(tmp: Path, port: int, origin_port: int) -> list[str]:
-    conf = tmp / "haproxy.cfg"
+def haproxy(tmp: Path, port: int, origin_port: int, threads: int = 1) -> list[str]:
+    conf = tmp / f"haproxy-{threads}.cfg"
     conf.write_text(
         f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 8000
 defaults
   mode http
@@ -273,6 +277,11 @@ def wrk(
         text=True,
         check=True,
     ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms), non-2xx count and total requests of wrk --latency."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {}
     for pct in ("50", "99"):
@@ -286,7 +295,9 @@ def wrk(
         "p50": lat["50"],
         "p99": lat["99"],
         "non2xx": float(bad.group(1)) if bad else 0.0,
-        "sockerr": 1.0 if errors else 0.0,
+        "sockerr": float(sum(int(n) for n in re.findall(r"\d+", errors.group(1))))
+        if errors
+        else 0.0,
         "requests": float(total.group(1)) if total else 0.0,
     }
 
@@ -308,9 +319,11 @@ def main() -> int:
     ap.add_argument("--no-workers", action="store_true", help="skip the --workers 2 rows")
     ap.add_argument("--no-varied", action="store_true", help="skip the varied and parsed rows")
     args = ap.parse_args()
+    if not 1.0 <= args.duration <= 50.0:
+        print("--duration: give 1 to 50 seconds (each cell gets a fresh pin)", file=sys.stderr)
+        return 2
     ensure_tools()
     conns = [int(c) for c in args.conns.split(",")]
-    cookie = pin_cookie()
     results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="skewless-bench-") as t:
         tmp = Path(t)
@@ -343,11 +356,13 @@ def main() -> int:
                     cmd, env = skewless(tmp, port, origin_port, 2 if "workers" in name else 1)
                 with process(cmd, cores, port, env) as pgid:
                     if name.startswith("skewless"):
-                        check_skewless(port, cookie)
-                    wrk(port, conns[0], 1.0, cookie, script)  # warm up
+                        check_skewless(port, pin_cookie())
+                    wrk(port, conns[0], 1.0, pin_cookie(), script)  # warm up
                     for c in conns:
+                        # A fresh pin per cell: the router re-signs a pin over a minute
+                        # old on every request that repeats it, as wrk would.
                         before = group_cpu(pgid)
-                        r = results[(name, c)] = wrk(port, c, args.duration, cookie, script)
+                        r = results[(name, c)] = wrk(port, c, args.duration, pin_cookie(), script)
                         used = group_cpu(pgid) - before
                         r["cpu_us"] = used / r["requests"] * 1e6 if r["requests"] else 0.0
                         print(
