@@ -282,3 +282,13 @@ def test_tokens_signed_over_odd_fields_get_the_references_answer(body: bytes, wr
             PinCodec(KEYS).verify("shop", token, now, 1800.0, 43200.0),
             ref_verify("shop", token, now, 1800.0, 43200.0),
         )
+
+
+def test_quoted_cookie_headers_are_kept_from_their_second_sighting_too() -> None:
+    token = PinCodec(KEYS).issue("shop", "v1", NOW).token
+    header = b'a=1; skewless-shop="' + token + b'"'
+    c = PinCodec(KEYS)
+    first = c.verify_cookie("shop", header, NAME, NOW, 1800.0, 43200.0)
+    assert first is not None and header not in c._cookies
+    assert c.verify_cookie("shop", header, NAME, NOW, 1800.0, 43200.0) == first
+    assert header in c._cookies

@@ -25,8 +25,10 @@ stays rare. Verified tokens are kept in a bounded cache, so a pin already seen c
 dict lookup and an expiry check, not an HMAC; ``verify_cookie`` also keeps the raw
 ``Cookie`` header values it found an already verified pin in, with the pin's validity
 window precomputed, so a client repeating its cookies costs one dict lookup and two comparisons
-(no cookie parsing either). Rotating keys builds a new ``PinCodec`` (and so empty
-caches): a pin signed by a removed key stops being trusted at once.
+(no cookie parsing either). A token's first sight in a cookie takes an inlined path on
+bytes (docs/decisions/pin-uncached-path.md) that answers exactly as ``find_cookie`` +
+``verify`` do. Rotating keys builds a new ``PinCodec`` (and so empty caches): a pin
+signed by a removed key stops being trusted at once.
 
 Keys file: one ``KEY_ID:SECRET`` a line; the first line signs, every line verifies.
 """
@@ -273,8 +275,8 @@ class PinCodec:
         # miss path is ``verify`` and ``_check`` inlined on bytes (a token's first sight
         # is the path that needs the speed), expiry before the MAC; where its answer
         # could differ from theirs (the segment is not the value), ``_cookie_slow``
-        # answers with them. ``int`` of ASCII bytes reads what ``int`` of str reads.
-        # Keep the three in step.
+        # answers with them, before any MAC. ``int`` of ASCII bytes reads what ``int``
+        # of str reads. Keep the three in step.
         try:
             segment: bytes = search(header)[1]  # type: ignore[index]
         except TypeError:  # no match: no such cookie
@@ -287,7 +289,9 @@ class PinCodec:
                 fmt, kid, sid, iat, seen, version = body.split(b".", 5)
                 issued_at, seen_at = int(iat), int(seen)
             except ValueError:  # not six fields, or not numbers where numbers go
-                return self._cookie_slow(app, segment, now, idle_timeout, max_lifetime)
+                return self._cookie_slow(
+                    app, header, name, segment, now, idle_timeout, max_lifetime
+                )
             key = self._verifiers.get(kid)
             if (
                 key is None
@@ -296,8 +300,16 @@ class PinCodec:
                 or not 0 <= issued_at <= seen_at <= now + CLOCK_SKEW
                 or now - seen_at > idle_timeout
                 or now - issued_at > max_lifetime
+                # no token ``issue`` makes holds '"' (34), space (32) or tab (9), and
+                # the cookie's value ends there (ints: ``in`` of bytes tries the needle
+                # as an int first, and with b'"' that failure costs more than the search)
+                or 34 in segment
+                or 32 in segment
+                or 9 in segment
             ):
-                return self._cookie_slow(app, segment, now, idle_timeout, max_lifetime)
+                return self._cookie_slow(
+                    app, header, name, segment, now, idle_timeout, max_lifetime
+                )
             prefix = key.per_app.get(app)
             if prefix is None:
                 prefix = key.prefix(app)
@@ -305,17 +317,8 @@ class PinCodec:
             inner.update(body)
             outer = key.outer.copy()
             outer.update(inner.digest())
-            if (
-                not _compare_digest(_hexlify(outer.digest()[:16]), segment[dot + 1 :])
-                # no token ``issue`` makes holds '"' (34), space (32) or tab (9); one
-                # signed with them does not verify here: the cookie's value ends there
-                # (an int, not b'"': ``in`` of bytes tries the needle as an int first,
-                # and the failure costs more than the search)
-                or 34 in segment
-                or 32 in segment
-                or 9 in segment
-            ):
-                return self._cookie_slow(app, segment, now, idle_timeout, max_lifetime)
+            if not _compare_digest(_hexlify(outer.digest()[:16]), segment[dot + 1 :]):
+                return None  # the segment is the value here: ``verify``'s answer
             try:  # the MAC makes these ours (ASCII); a leaked key must not crash us
                 text = _VERSIONS.get(version)
                 if text is None:
@@ -348,18 +351,24 @@ class PinCodec:
     def _cookie_slow(
         self,
         app: str,
+        header: bytes,
+        name: bytes,
         segment: bytes,
         now: float,
         idle_timeout: float,
         max_lifetime: float,
     ) -> Pin | None:
         """``verify`` of the cookie's value, for a ``segment`` (up to the next ';') that
-        did not verify on the fast path: the value ends at the first '"', space or tab.
-        When the segment is the value, the fast path's None was already ``verify``'s."""
+        failed before the MAC: the value ends at the first '"', space or tab. When the
+        segment is the value, the fast path's None was already ``verify``'s."""
         value = _VALUE_END.match(segment)[0]  # type: ignore[index]  # matches always
         if value == segment or not value:
             return None
-        return self.verify(app, value, now, idle_timeout, max_lifetime)
+        known = value in self._cache
+        pin = self.verify(app, value, now, idle_timeout, max_lifetime)
+        if pin is not None and known and len(header) <= MAX_COOKIE_CACHED:
+            self._keep_cookie(app, header, name, idle_timeout, max_lifetime, pin)
+        return pin
 
     def _keep_cookie(
         self,
