@@ -90,6 +90,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="bytes buffered for clients not reading, per worker; beyond: cut the slowest",
     )
     p.add_argument(
+        "--send-lowat",
+        type=int,
+        default=64 * 1024,
+        metavar="B",
+        help="unsent bytes the kernel queues per client connection (TCP_NOTSENT_LOWAT; "
+        "0 = kernel default, megabytes)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=10_000,
@@ -151,6 +159,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.send_buffer_limit < 1024 * 1024:
         raise UserError(
             f"--send-buffer-limit must be at least 1048576 (got {args.send_buffer_limit})"
+        )
+    if args.send_lowat != 0 and not 4096 <= args.send_lowat <= 64 * 1024 * 1024:
+        raise UserError(
+            f"--send-lowat must be 0 (kernel default) or 4096..67108864 bytes "
+            f"(got {args.send_lowat})"
         )
     if args.max_connections < 1:
         raise UserError(f"--max-connections must be >= 1 (got {args.max_connections})")
