@@ -40,6 +40,7 @@ from pathlib import Path
 from skewless.core.errors import ConfigError
 from skewless.core.pin import Keyring, PinCodec, SigningKey
 from skewless.core.route_table import EMPTY_TABLE, RouteTable
+from skewless.router.limits import limit_unsent
 from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, take_over
 
 log = logging.getLogger("skewless.router")
@@ -269,6 +270,7 @@ def main(argv: list[str]) -> int:
             try:  # more workers than the old router had: a socket for each
                 while len(socks) < args.workers:
                     socks.append(bind(host, port, reuseport=True))
+                    limit_unsent(socks[-1], args.send_lowat)
                     socks[-1].listen(4096)
             except OSError as error:
                 raise UserError(
@@ -283,6 +285,9 @@ def main(argv: list[str]) -> int:
             except OSError as error:
                 raise UserError(f"--listen {args.listen}: cannot bind: {error.strerror}") from None
             for sock in socks:
+                # before listen(): connections the kernel completes before the worker
+                # runs are cloned from the listener as it is then
+                limit_unsent(sock, args.send_lowat)
                 sock.listen(4096)
         upgrade_path = upgrade_socket_path(args, port)
         admin_sock = handover.admin if handover is not None else None

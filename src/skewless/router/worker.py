@@ -219,7 +219,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        for sock in self.socks:  # accepted connections inherit it
+        for sock in self.socks:  # again for sockets taken over from an older router
             limit_unsent(sock, self.args.send_lowat)
         listeners = [
             await loop.create_server(server.accept, sock=sock, backlog=4096) for sock in self.socks
