@@ -402,7 +402,10 @@ def main(argv: list[str]) -> int:
                 time.sleep(2)
             with Sampler(router.pid) as s:
                 base = wrk(url, args.wrk_conns, args.duration)
-            base["ramp_p99"], base["ramp_max"] = probe.p99_ms(), max(probe.times) * 1000
+            base["ramp_p99"], base["ramp_max"] = (
+                probe.p99_ms(),
+                max(probe.times, default=float("nan")) * 1000,
+            )
             rows.append(("none (baseline)", 0, 0.0, base, s.fds, s.rss, {}, 0.0, 0.0))
             for name in args.attacks.split(","):
                 rows.append(run_attack(name, url, aport, router.pid, args))
@@ -496,7 +499,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"| {name} | {held:,} | {ramp:.1f} | {r['rps']:,.0f} | {r['p50']:.2f} "
             f"| {r['p99']:.2f} | {ratio:.2f}x{verdict} | {fds:,} | {rss / 2**20:.0f} "
             f"| {pulled / 1e6:,.0f} | {attacker_cpu * 100:.0f} | {int(r['non2xx'])} "
-            f"| {r['ramp_p99']:.1f} / {r['ramp_max']:.0f}{failed} | {cut} |"
+            f"| {r['ramp_p99']:.1f} / {r['ramp_max']:.1f}{failed} | {cut} |"
         )
 
 
