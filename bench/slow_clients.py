@@ -2,6 +2,7 @@
 attack the router?
 
     python bench/slow_clients.py [--duration 8] [--connections 1000] [--wrk-conns 50]
+        [--attacks NAME,...] [--attacker-cpu 10] [--router-arg=--send-lowat=0 ...]
 
 Starts a fast origin (nginx, one worker: ``/`` a small body, ``/big`` a 1 MiB file,
 ``/upload`` reads the whole request body before answering) and the skewless router with
@@ -11,11 +12,21 @@ baseline), then while Debian's ``slowhttptest`` holds ``--connections`` connecti
 slowloris (-H), slow POST (-B) and slow read (-X) in turn. wrk starts once the attack
 has ramped up and stops before the router's timeouts would have cut the attackers
 (header 10 s, body 20 s, send 30 s), so users are measured against the full attack.
+During the ramp a probe opens a new connection per request (what wrk's established
+connections cannot see: the accept queue); its baseline is 2 s without attack.
+
+slowhttptest busy-polls its sockets (about 9,000 ``poll()`` a second over 1,000 sockets)
+on the core wrk and the origin share; a real attacker spends its own machine's CPU, so
+it runs niced and capped to ``--attacker-cpu`` percent of that core with a cgroup
+(v1 ``cpu`` or v2 ``cpu.max``; uncapped if cgroups are not writable, said on stderr).
+The table shows the CPU it used while wrk ran.
 
 Prints one table: attack, attack connections held by the router, normal req/s, p50,
-p99, p99 vs baseline (target <= 2x), the router's peak descriptors and RSS, and what the
-router's defences counted. slowhttptest, wrk and nginx are installed with apt-get if
-missing. Figures vary with the machine's neighbours: compare rows of one run.
+p99, p99 vs baseline (target <= 2x), the router's peak descriptors and RSS, the bytes
+the router read (from the origin, mostly) during the ramp, the attacker's CPU, the
+probe's p99 / max during the ramp, and what the router's defences counted.
+slowhttptest, wrk and nginx are installed with apt-get if missing. Figures vary with the
+machine's neighbours: compare rows of one run.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -209,6 +221,111 @@ class Sampler:
         self.thread.join(5)
 
 
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+@contextlib.contextmanager
+def cpu_cap(percent: float) -> Iterator[Path | None]:
+    """A cgroup that holds its processes to ``percent`` of one core (v1 ``cpu`` or v2
+    ``cpu.max``); yields the file to write a pid to, or None if cgroups are not
+    writable here (the attacker then runs uncapped, niced)."""
+    if percent <= 0:
+        yield None
+        return
+    period = 100_000
+    quota = max(1000, int(period * percent / 100))
+    name = f"skewless-attacker-{os.getpid()}"
+    if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        group, limits = CGROUP_V1 / name, {"cpu.cfs_period_us": period, "cpu.cfs_quota_us": quota}
+        procs = "tasks"
+    elif "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text(errors="ignore").split():
+        group, limits, procs = CGROUP_V2 / name, {"cpu.max": f"{quota} {period}"}, "cgroup.procs"
+    else:
+        yield None
+        return
+    try:
+        group.mkdir()
+        for f, v in limits.items():
+            (group / f).write_text(f"{v}\n")
+    except OSError as error:
+        print(f"attacker CPU not capped (cgroup not writable: {error})", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        yield None
+        return
+    try:
+        yield group / procs
+    finally:
+        for _ in range(50):  # empty once the attacker is gone
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bytes_read(pid: int) -> int:
+    """Bytes a process has read (sockets included: ``rchar`` of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Probe:
+    """A user who opens a new connection for each request (``GET /``, Connection:
+    close), one at a time, in a thread: the latency wrk's established keep-alive
+    connections cannot see (the accept queue, the router's loop while it accepts)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.times: list[float] = []
+        self.failed = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        request = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        while not self.done.is_set():
+            started = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(request)
+                    answer = b""
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                if not answer.startswith(b"HTTP/1.1 200"):
+                    raise OSError(answer[:40])
+                self.times.append(time.monotonic() - started)
+            except OSError:
+                self.failed += 1
+            time.sleep(0.01)
+
+    def p99_ms(self) -> float:
+        if not self.times:
+            return float("nan")
+        ordered = sorted(self.times)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+    def __enter__(self) -> Probe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(15)
+
+
 def metrics(admin: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -251,6 +368,21 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--cut-wait", type=float, default=45.0, help="seconds to wait for the timers' cut"
     )
+    p.add_argument(
+        "--router-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra router flag, repeatable (e.g. --router-arg=--send-lowat=0)",
+    )
+    p.add_argument(
+        "--attacker-cpu",
+        type=float,
+        default=10.0,
+        metavar="PCT",
+        help="cap slowhttptest to PCT%% of its core with a cgroup (0: uncapped, niced); "
+        "it busy-polls its sockets on the core wrk and the origin share",
+    )
     args = p.parse_args(argv)
     ensure_tools()
     rows = []
@@ -258,6 +390,7 @@ def main(argv: list[str]) -> int:
         tmp = Path(d)
         oport, rport, aport = free_port(), free_port(), free_port()
         cmd, env = router_cmd(tmp, rport, aport, oport)
+        cmd += args.router_arg
         with (
             process(origin_cmd(tmp, oport), OTHER_CORE, oport),
             process(cmd, ROUTER_CORE, rport, env, log=ROUTER_LOG) as router,
@@ -265,9 +398,15 @@ def main(argv: list[str]) -> int:
             wait_port(aport)
             url = f"http://127.0.0.1:{rport}/"
             wrk(url, args.wrk_conns, 1.0)  # warm up
+            with Probe(rport) as probe:  # new connections, no attack: their baseline
+                time.sleep(2)
             with Sampler(router.pid) as s:
                 base = wrk(url, args.wrk_conns, args.duration)
-            rows.append(("none (baseline)", 0, 0.0, base, s.fds, s.rss, {}))
+            base["ramp_p99"], base["ramp_max"] = (
+                probe.p99_ms(),
+                max(probe.times, default=float("nan")) * 1000,
+            )
+            rows.append(("none (baseline)", 0, 0.0, base, s.fds, s.rss, {}, 0.0, 0.0))
             for name in args.attacks.split(","):
                 rows.append(run_attack(name, url, aport, router.pid, args))
                 time.sleep(1)
@@ -275,37 +414,56 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-Row = tuple[str, int, float, dict[str, float], int, int, dict[str, float]]
+Row = tuple[str, int, float, dict[str, float], int, int, dict[str, float], float, float]
 
 
 def run_attack(name: str, url: str, admin: int, pid: int, args: argparse.Namespace) -> Row:
     """One attack: ramp up, measure normal users, then wait for the router's cut."""
     before = metrics(admin)
-    # niced: the attacker shares a core with the origin and wrk; what it costs the
-    # attacking machine is not what this measures
+    read_before = bytes_read(pid)
+    # niced, and capped to --attacker-cpu of the core it shares with the origin and wrk:
+    # slowhttptest busy-polls its sockets (~9,000 poll() a second over 1,000 sockets),
+    # a cost of the attacking machine, not of the router under test
     attack = ["nice", "-n", "19", which("slowhttptest") or "slowhttptest", *ATTACKS[name]]
     attack += ["-c", str(args.connections), "-r", "1000", "-p", "5"]
     attack += ["-l", str(int(args.duration + args.cut_wait + 15))]
     attack += ["-u", url.rstrip("/") + PATHS[name]]
-    with process(attack, OTHER_CORE), Sampler(pid) as s:
-        started = time.monotonic()
-        held = 0.0
-        while time.monotonic() < started + 30:  # the ramp: every attacker taken or cut
-            now = metrics(admin)
-            held = max(held, now.get("skewless_client_connections", 0.0))
-            if held + sum(cuts(before, now).values()) >= args.connections * 0.99:
-                break
-            time.sleep(0.2)
-        ramp = time.monotonic() - started
-        result = wrk(url, args.wrk_conns, args.duration)
-        # then the router's timers cut the attackers (default timeouts)
-        deadline = time.monotonic() + args.cut_wait
-        while time.monotonic() < deadline:
-            if metrics(admin).get("skewless_client_connections", 0.0) <= args.connections * 0.05:
-                break
-            time.sleep(0.5)
-        after = metrics(admin)
-    return (name, int(held), ramp, result, s.fds, s.rss, cuts(before, after))
+    with (
+        Probe(int(url.rsplit(":", 1)[1].strip("/"))) as probe,
+        cpu_cap(args.attacker_cpu) as procs,
+        process(attack, OTHER_CORE) as attacker,
+    ):
+        if procs is not None:
+            procs.write_text(f"{attacker.pid}\n")
+        with Sampler(pid) as s:
+            started = time.monotonic()
+            held = 0.0
+            while time.monotonic() < started + 30:  # the ramp: every attacker taken or cut
+                now = metrics(admin)
+                held = max(held, now.get("skewless_client_connections", 0.0))
+                if held + sum(cuts(before, now).values()) >= args.connections * 0.99:
+                    break
+                time.sleep(0.2)
+            ramp = time.monotonic() - started
+            probe.done.set()  # new connections measured during the ramp
+            pulled = bytes_read(pid) - read_before
+            spent = cpu_seconds(attacker.pid)
+            result = wrk(url, args.wrk_conns, args.duration)
+            result["ramp_p99"] = probe.p99_ms()
+            result["ramp_max"] = max(probe.times, default=float("nan")) * 1000
+            result["ramp_failed"] = probe.failed
+            attacker_cpu = (cpu_seconds(attacker.pid) - spent) / args.duration
+            # then the router's timers cut the attackers (default timeouts)
+            deadline = time.monotonic() + args.cut_wait
+            while time.monotonic() < deadline:
+                if (
+                    metrics(admin).get("skewless_client_connections", 0.0)
+                    <= args.connections * 0.05
+                ):
+                    break
+                time.sleep(0.5)
+            after = metrics(admin)
+    return (name, int(held), ramp, result, s.fds, s.rss, cuts(before, after), pulled, attacker_cpu)
 
 
 def cuts(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -323,21 +481,25 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(
         f"\nnormal users: wrk -t1 -c{args.wrk_conns} -d{args.duration:g}s, started once the "
         f"router has taken (or cut) every attack connection; attack: slowhttptest "
-        f"-c {args.connections}\n"
+        f"-c {args.connections}, its CPU capped to {args.attacker_cpu:g}% of a core "
+        f"(0: uncapped)\n"
     )
     print(
         "| attack | peak attack conns held | ramp s | normal req/s | p50 ms | p99 ms "
-        "| p99 vs baseline | router fds (peak) | router RSS MiB (peak) | non-2xx | router cut |"
+        "| p99 vs baseline | router fds (peak) | router RSS MiB (peak) | router read in ramp MB "
+        "| attacker CPU % | non-2xx | new-conn p99 / max ms (ramp) | router cut |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, held, ramp, r, fds, rss, delta in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, held, ramp, r, fds, rss, delta, pulled, attacker_cpu in rows:
         ratio = r["p99"] / base if base else float("nan")
         verdict = "" if name.startswith("none") else (" ok" if ratio <= 2 else " OVER")
+        failed = f", {int(r['ramp_failed'])} failed" if r.get("ramp_failed") else ""
         cut = ", ".join(f"{k} {int(v)}" for k, v in delta.items()) or "-"
         print(
             f"| {name} | {held:,} | {ramp:.1f} | {r['rps']:,.0f} | {r['p50']:.2f} "
             f"| {r['p99']:.2f} | {ratio:.2f}x{verdict} | {fds:,} | {rss / 2**20:.0f} "
-            f"| {int(r['non2xx'])} | {cut} |"
+            f"| {pulled / 1e6:,.0f} | {attacker_cpu * 100:.0f} | {int(r['non2xx'])} "
+            f"| {r['ramp_p99']:.1f} / {r['ramp_max']:.1f}{failed} | {cut} |"
         )
 
 

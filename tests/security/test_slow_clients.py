@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from router_harness import (
     wait_for,
 )
 
+from skewless.router import cli as router_cli
 from skewless.router.limits import SHED_MAX, connection_budget
 
 __all__ = ["router_factory"]
@@ -302,6 +304,80 @@ def test_slow_reader_is_closed_after_the_send_timeout_with_bounded_memory(
     assert normal_get(r) == 200
 
 
+def router_send_queue(router_port: int, client_port: int) -> int:
+    """Bytes the kernel holds for a client on the router's side (``ss`` Send-Q)."""
+    out = subprocess.run(
+        [
+            "ss",
+            "-tnH",
+            "state",
+            "established",
+            f"( sport = :{router_port} and dport = :{client_port} )",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out, "the router's side of the connection is not in ss"
+    return int(out[1])
+
+
+def wmem_max() -> int:
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+@pytest.mark.parametrize("lowat", [65536, 0])
+def test_kernel_queues_little_for_a_client_that_does_not_read(
+    backend: SlowBackend, router_factory: Any, lowat: int
+) -> None:
+    # Without TCP_NOTSENT_LOWAT the kernel autotunes a loopback connection's send buffer
+    # to megabytes and takes them from the router whether or not the client reads: the
+    # bytes a thousand slow readers made the router pull from the instance.
+    if lowat == 0 and wmem_max() <= 1 << 20:
+        pytest.skip("tcp_wmem max <= 1 MiB: the kernel default queues little anyway")
+    r = start(router_factory, backend, "--send-lowat", str(lowat), "--send-timeout", "300")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+    try:
+        s.connect(("127.0.0.1", r.port))
+        s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (64 << 20))
+        wait_for(lambda: metric(r, "skewless_client_send_blocked") == 1, 20, "backpressure")
+        queued = router_send_queue(r.port, s.getsockname()[1])
+        if lowat:
+            assert queued < 512 * 1024, queued
+        else:
+            assert queued > 512 * 1024, queued  # the control: what the option saves
+    finally:
+        s.close()
+
+
+def test_a_client_reading_at_full_speed_gets_a_64_mib_response_whole(
+    backend: SlowBackend, router_factory: Any
+) -> None:
+    r = start(router_factory, backend)  # default --send-lowat
+    n = 64 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", r.port), timeout=30) as s:
+        s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % n)
+        data = bytearray()
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"content-length: %d" % n in head.lower(), head
+    assert len(body) == n and body.count(b"x") == n
+
+
+@pytest.mark.parametrize("value", ["100", "-1", str(128 << 20)])
+def test_send_lowat_out_of_range_is_refused(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text("{}")
+    assert router_cli.main(["--routes", str(routes), "--send-lowat", value]) == 2
+    err = capsys.readouterr().err
+    assert "--send-lowat" in err and "4096" in err, err
+
+
 def test_closing_connections_to_clients_not_reading_are_released(
     backend: SlowBackend, router_factory: Any
 ) -> None:
@@ -343,14 +419,16 @@ def test_clients_not_reading_share_a_bounded_buffer(
             s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
             readers.append(s)
 
-        def settled() -> bool:  # every reader blocked or cut
+        def settled() -> bool:  # every reader blocked or cut, and the sweep has run since
+            # (with --send-lowat all eight block at once, before the next sweep tick)
             blocked = metric(r, "skewless_client_send_blocked")
-            return blocked + metric(r, "skewless_timeouts_total", 'kind="buffer"') == 8
+            cut = metric(r, "skewless_timeouts_total", 'kind="buffer"')
+            within = metric(r, "skewless_client_buffered_bytes") <= limit
+            return blocked + cut == 8 and within
 
-        wait_for(settled, 20, "all readers to block")
+        wait_for(settled, 20, "all readers blocked or cut, within the budget")
         assert metric(r, "skewless_timeouts_total", 'kind="buffer"') >= 1
         assert metric(r, "skewless_timeouts_total", 'kind="send"') == 0
-        wait_for(lambda: metric(r, "skewless_client_buffered_bytes") <= limit, 10, "the bound")
         cut = int(metric(r, "skewless_timeouts_total", 'kind="buffer"'))
         wait_for(
             lambda: sum(q["closed"] for q in backend.seen if q["path"].startswith("/big")) >= cut,

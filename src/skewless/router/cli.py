@@ -42,6 +42,7 @@ from pathlib import Path
 from skewless.core.errors import ConfigError
 from skewless.core.pin import Keyring, PinCodec, SigningKey
 from skewless.core.route_table import EMPTY_TABLE, RouteTable
+from skewless.router.limits import limit_unsent
 from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, take_over
 
 log = logging.getLogger("skewless.router")
@@ -90,6 +91,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=64 * 1024 * 1024,
         metavar="B",
         help="bytes buffered for clients not reading, per worker; beyond: cut the slowest",
+    )
+    p.add_argument(
+        "--send-lowat",
+        type=int,
+        default=64 * 1024,
+        metavar="B",
+        help="unsent bytes the kernel queues per client connection (TCP_NOTSENT_LOWAT; "
+        "0 = kernel default, megabytes)",
     )
     p.add_argument(
         "--max-connections",
@@ -153,6 +162,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.send_buffer_limit < 1024 * 1024:
         raise UserError(
             f"--send-buffer-limit must be at least 1048576 (got {args.send_buffer_limit})"
+        )
+    if args.send_lowat != 0 and not 4096 <= args.send_lowat <= 64 * 1024 * 1024:
+        raise UserError(
+            f"--send-lowat must be 0 (kernel default) or 4096..67108864 bytes "
+            f"(got {args.send_lowat})"
         )
     if args.max_connections < 1:
         raise UserError(f"--max-connections must be >= 1 (got {args.max_connections})")
@@ -258,6 +272,7 @@ def main(argv: list[str]) -> int:
             try:  # more workers than the old router had: a socket for each
                 while len(socks) < args.workers:
                     socks.append(bind(host, port, reuseport=True))
+                    limit_unsent(socks[-1], args.send_lowat)
                     socks[-1].listen(4096)
             except OSError as error:
                 raise UserError(
@@ -272,6 +287,9 @@ def main(argv: list[str]) -> int:
             except OSError as error:
                 raise UserError(f"--listen {args.listen}: cannot bind: {error.strerror}") from None
             for sock in socks:
+                # before listen(): connections the kernel completes before the worker
+                # runs are cloned from the listener as it is then
+                limit_unsent(sock, args.send_lowat)
                 sock.listen(4096)
         upgrade_path = upgrade_socket_path(args, port)
         admin_sock = handover.admin if handover is not None else None

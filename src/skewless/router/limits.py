@@ -79,6 +79,26 @@ def reset(transport: asyncio.BaseTransport | None) -> None:
     transport.abort()
 
 
+def limit_unsent(sock: socket.socket, lowat: int) -> None:
+    """Let the kernel queue at most about ``lowat`` unsent bytes per client connection
+    (TCP_NOTSENT_LOWAT, set on the listening socket: accepted connections inherit it).
+
+    Without it the kernel autotunes each connection's send buffer up to ``tcp_wmem``'s
+    maximum (4 MiB here) and accepts that much from us whether or not the client reads:
+    a thousand slow readers made the router pull gigabytes from the instance before any
+    of them blocked. With it a send beyond ``lowat`` unsent bytes waits (the transport
+    buffers it, then pauses: see ``ClientProtocol.pause_writing``), while bytes in
+    flight still grow with the client's window, so a client that reads keeps its speed.
+    ``0`` keeps the kernel default.
+    """
+    if lowat <= 0 or not hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
+    except OSError as error:  # not TCP (a unix socket), or an old kernel
+        log.warning("could not set TCP_NOTSENT_LOWAT on the listener: %s", error)
+
+
 def connection_budget(requested: int, nofile: int) -> int:
     """Client connections a worker may hold with ``nofile`` descriptors: two per client
     (its own and one upstream) after the reserve and the lingering shed connections,

@@ -29,6 +29,7 @@ from skewless.core.errors import ConfigError
 from skewless.core.pin import PinCodec
 from skewless.core.route_table import RouteTable
 from skewless.router import clock, drain, handover, health, metrics, ws_tunnel
+from skewless.router.limits import limit_unsent
 from skewless.router.server import TICK, Options, RouterServer
 from skewless.router.sources import default_state_dir, load_keys, load_routes, signature
 from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, confirm_ready
@@ -222,6 +223,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
+        for sock in self.socks:  # again for sockets taken over from an older router
+            limit_unsent(sock, self.args.send_lowat)
         listeners = [
             await loop.create_server(server.accept, sock=sock, backlog=4096) for sock in self.socks
         ]
