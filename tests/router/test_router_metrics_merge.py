@@ -34,7 +34,7 @@ def test_each_family_once_with_every_workers_samples_together() -> None:
 
 
 def test_a_family_only_one_worker_has_and_stray_samples() -> None:
-    one = '# HELP x_total X.\n# TYPE x_total counter\nx_total{worker="0"} 1\n'
+    one = "# HELP x_total X.\n# TYPE x_total counter\nx_total{worker=\"0\"} 1\n"
     two = 'stray{worker="1"} 2\n# TYPE y gauge\ny{worker="1"} 4\n# TYPE x_total counter\n'
     two += 'x_total{worker="1"} 7\n'
     merged = merge_expositions([one, two]).splitlines()
