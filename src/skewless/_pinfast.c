@@ -90,7 +90,7 @@ Verifier_init(Verifier *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Verifier", kwlist, &keys, &pin_type)) {
         return -1;
     }
-    if (self->keys != NULL) {
+    if (self->keys != NULL) { /* once only, even after a failed __init__ */
         PyErr_SetString(PyExc_TypeError, "Verifier: already initialised");
         return -1;
     }
@@ -281,7 +281,7 @@ Verifier_check(Verifier *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *app = args[0], *segment = args[1];
-    if (self->keys == NULL) {
+    if (self->per_app == NULL) { /* set last by a successful __init__ */
         PyErr_SetString(PyExc_TypeError, "Verifier: not initialised");
         return NULL;
     }
