@@ -1,4 +1,4 @@
-"""Build of the optional C accelerator of the pin check (docs/decisions/pinc-c-accelerator.md).
+"""Build of the optional C accelerator of the pin check (docs/decisions/pin-c-accelerator.md).
 
 Metadata lives in pyproject.toml; this file only declares the extension. It is optional:
 without a compiler or OpenSSL headers the install goes on and skewless uses the

@@ -1,7 +1,7 @@
 /* skewless._pinfast: the first sight of a pin token in a cookie, in C.
  *
  * Optional accelerator of skewless.core.pin.PinCodec.verify_cookie (see
- * docs/decisions/pinc-c-accelerator.md). The pure-Python code in skewless/core/pin.py is
+ * docs/decisions/pin-c-accelerator.md). The pure-Python code in skewless/core/pin.py is
  * the specification and the fallback: Verifier.check answers exactly as that code does,
  * and answers False ("not sure: ask Python") for every input it does not fully handle.
  *

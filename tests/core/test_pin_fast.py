@@ -1,5 +1,5 @@
 """The C accelerator ``skewless._pinfast`` against the pure-Python pin code it replaces
-(docs/decisions/pinc-c-accelerator.md): on every input, valid tokens signed with several
+(docs/decisions/pin-c-accelerator.md): on every input, valid tokens signed with several
 keys and apps, tampered ones and junk, the C check and the Python code give the same
 answer. The Python code is the specification; the C check may answer False ("ask
 Python") and the tests pin down exactly when. Skipped when the module is not built.

@@ -30,8 +30,8 @@ bytes (docs/decisions/pin-uncached-path.md) that answers exactly as ``find_cooki
 ``verify`` do; when the optional C accelerator ``skewless._pinfast`` is built (and
 ``SKEWLESS_PURE_PYTHON`` is not ``1``) it checks such a token instead, with the same
 answers, and hands anything unusual back to the Python code
-(docs/decisions/pinc-c-accelerator.md). Rotating keys builds a new ``PinCodec`` (and so empty caches): a pin
-signed by a removed key stops being trusted at once.
+(docs/decisions/pin-c-accelerator.md). Rotating keys builds a new ``PinCodec`` (and so
+empty caches): a pin signed by a removed key stops being trusted at once.
 
 Keys file: one ``KEY_ID:SECRET`` a line; the first line signs, every line verifies.
 """
