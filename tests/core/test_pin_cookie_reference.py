@@ -11,12 +11,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import skewless.core.pin
 from skewless.core.pin import MAX_TOKEN, Pin, PinCodec, find_cookie, parse_keys
+
+
+@pytest.fixture(scope="module", autouse=True, params=["c", "python"])
+def pin_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: with the C check of ``skewless._pinfast`` and without it."""
+    if request.param == "c" and skewless.core.pin._pinfast is None:
+        pytest.skip(
+            "C accelerator skewless._pinfast not built (python setup.py build_ext --inplace)"
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(skewless.core.pin, "ACCELERATED", request.param == "c")
+        yield request.param
+
 
 SECRETS = {"k1": b"0123456789abcdef0123456789abcdef", "k0": b"fedcba9876543210fedcba9876543210"}
 KEYS = parse_keys("\n".join(f"{k}:{v.decode()}" for k, v in SECRETS.items()))

@@ -27,8 +27,11 @@ dict lookup and an expiry check, not an HMAC; ``verify_cookie`` also keeps the r
 window precomputed, so a client repeating its cookies costs one dict lookup and two comparisons
 (no cookie parsing either). A token's first sight in a cookie takes an inlined path on
 bytes (docs/decisions/pin-uncached-path.md) that answers exactly as ``find_cookie`` +
-``verify`` do. Rotating keys builds a new ``PinCodec`` (and so empty caches): a pin
-signed by a removed key stops being trusted at once.
+``verify`` do; when the optional C accelerator ``skewless._pinfast`` is built (and
+``SKEWLESS_PURE_PYTHON`` is not ``1``) it checks such a token instead, with the same
+answers, and hands anything unusual back to the Python code
+(docs/decisions/pin-c-accelerator.md). Rotating keys builds a new ``PinCodec`` (and so
+empty caches): a pin signed by a removed key stops being trusted at once.
 
 Keys file: one ``KEY_ID:SECRET`` a line; the first line signs, every line verifies.
 """
@@ -38,11 +41,13 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import importlib
+import os
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from skewless.core.errors import ConfigError
 
@@ -159,6 +164,8 @@ class _PreparedKey:
         return binascii.hexlify(outer.digest()[:16])
 
 
+_FastCheck = Callable[[str, bytes, float, float, float], "Pin | Literal[False] | None"]
+"""``_pinfast.Verifier.check``: a Pin, None, or False for "not sure: ask the Python code"."""
 _CookieEntry = tuple[str, bytes, float, float, float, float, Pin]
 """(app, cookie name, idle timeout, max lifetime, valid from, valid until, pin)."""
 _new_pin = tuple.__new__
@@ -173,9 +180,20 @@ class PinCodec:
     Pure (no I/O) but not frozen: the cache is its only state.
     """
 
-    __slots__ = ("_cache", "_cookies", "_signer", "_signer_key", "_verifiers", "keyring")
+    __slots__ = (
+        "_cache",
+        "_cookies",
+        "_fast",
+        "_signer",
+        "_signer_key",
+        "_verifiers",
+        "keyring",
+    )
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, *, accelerate: bool | None = None) -> None:
+        """``accelerate``: use the C check of ``skewless._pinfast`` for a token's first
+        sight in a cookie (None: when it is built and ``SKEWLESS_PURE_PYTHON`` is not
+        ``1``; True: required)."""
         self.keyring = keyring
         self._signer = keyring.keys[0]
         self._verifiers = {
@@ -186,6 +204,20 @@ class PinCodec:
         self._cache: dict[bytes, Pin] = {}
         self._cookies: dict[bytes, _CookieEntry] = {}
         """Cookie header value -> the valid pin found in it, with its validity window."""
+        self._fast: _FastCheck | None = None
+        """The C check (``Verifier.check``): a Pin, None, or False for "ask Python"."""
+        if accelerate is None:
+            accelerate = ACCELERATED
+        if accelerate:
+            if _pinfast is None:
+                raise ConfigError(
+                    "the C accelerator skewless._pinfast is not built: "
+                    "run python setup.py build_ext --inplace (or pip install .)"
+                )
+            # the same key per key id as ``_verifiers`` (the last one of a duplicate id)
+            by_id = {k.key_id.encode(): k for k in keyring.keys}
+            verifier = _pinfast.Verifier([(k.key_id, k.secret) for k in by_id.values()], Pin)
+            self._fast = verifier.check
 
     def __repr__(self) -> str:
         ids = [k.key_id for k in self.keyring.keys]
@@ -283,6 +315,17 @@ class PinCodec:
             return None
         pin = self._cache.get(segment)
         if pin is None:
+            fast = self._fast
+            if fast is not None:  # the C check: the same answers, False = not sure
+                found = fast(app, segment, now, idle_timeout, max_lifetime)
+                if found is None:
+                    return None
+                if found is not False:
+                    cache = self._cache
+                    if len(cache) >= CACHE_SIZE:
+                        cache.clear()
+                    cache[segment] = found
+                    return found
             dot = segment.rfind(b".")
             body = segment[:dot]
             try:
@@ -442,6 +485,18 @@ def cookie_max_age(pin: Pin, now: float, idle_timeout: float, max_lifetime: floa
     left = min(pin.seen_at + idle_timeout, pin.issued_at + max_lifetime) - now
     return max(0, -int(-left // 1))
 
+
+def _load_accelerator() -> Any:
+    """The module ``skewless._pinfast``, or None when it is not built."""
+    try:
+        return importlib.import_module("skewless._pinfast")
+    except ImportError:
+        return None
+
+
+_pinfast: Any = _load_accelerator()
+ACCELERATED: bool = _pinfast is not None and os.environ.get("SKEWLESS_PURE_PYTHON") != "1"
+"""Whether ``PinCodec`` uses the C check by default (``SKEWLESS_PURE_PYTHON=1``: never)."""
 
 _VERSIONS: dict[bytes, str] = {}
 """Version names as found in tokens that verified: one str per version, not per token."""
