@@ -89,6 +89,14 @@ RequestMemo = tuple[
 pin header names it was parsed with) of a request without a body."""
 
 
+class _Closed:
+    """The callbacks of a closed connection's parser: none."""
+
+
+_CLOSED_PARSER = httptools.HttpRequestParser(_Closed())
+"""Takes a closed connection's parser's place (see ``connection_lost``)."""
+
+
 class Refusal(Exception):
     """Raised inside a parser callback: answer ``status`` and close."""
 
@@ -236,6 +244,12 @@ class ClientProtocol(asyncio.Protocol):
         self.active = None
         if self.queue:
             self.queue.clear()
+        # Break the cycles (parser <-> its callbacks, exchange <-> client) so that a
+        # closed connection is freed by reference counting, not left to the collector
+        # (whose full collections stalled the loop under connection churn).
+        self.receiving = None
+        self.to_start = None
+        self.parser = _CLOSED_PARSER  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -40,6 +40,14 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 monotonic = time.monotonic
 
 
+class _Closed:
+    """The callbacks of a closed connection's parser: none."""
+
+
+_CLOSED_PARSER = httptools.HttpResponseParser(_Closed())
+"""Takes a closed connection's parser's place (see ``connection_lost``)."""
+
+
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "boundary",
@@ -150,6 +158,8 @@ class UpstreamProtocol(asyncio.Protocol):
             else:
                 ex.upstream_lost()
             ex.client.flush()
+        # parser <-> its callbacks: freed by reference counting, not by the collector
+        self.parser = _CLOSED_PARSER  # type: ignore[assignment]
 
     def pause_writing(self) -> None:
         if self.ex is not None:

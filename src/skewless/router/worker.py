@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -230,6 +231,13 @@ class Worker:
         ]
         if server.options.metrics_dir is not None:
             metrics.publish_metrics(server)
+        # What exists now (modules, the table, the admin app's classes: ~10^5 objects)
+        # lives as long as the worker: out of the collector's sight, so that a full
+        # collection under load walks the connections' objects only, not all of these
+        # (a full collection took 10-50 ms during the slow-read attack of
+        # bench/slow_clients.py before; docs/decisions/router-gc.md).
+        gc.collect()
+        gc.freeze()
         if self.on_serving is not None:
             self.on_serving()
         if self.handover is not None:
