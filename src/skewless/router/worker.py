@@ -36,6 +36,11 @@ from skewless.router.sources import default_state_dir, load_keys, load_routes, s
 from skewless.router.upgrade import Handover, UpgradeError, UpgradeListener, confirm_ready
 
 log = logging.getLogger("skewless.router")
+
+FULL_COLLECTION_EVERY = 100
+"""Middle-generation collections between full ones (CPython's default: 10). Closed
+connections leave no cyclic garbage, so a full collection finds next to nothing and
+mostly walks live connections: 7-11 ms with ~50,000 objects (docs/decisions/router-gc.md)."""
 IDLE_GRACE = 1.0
 """Draining: a keep-alive connection idle this long is closed; a younger one may still
 send one more request (answered with ``Connection: close``)."""
@@ -238,6 +243,8 @@ class Worker:
         # bench/slow_clients.py before; docs/decisions/router-gc.md).
         gc.collect()
         gc.freeze()
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
         if self.on_serving is not None:
             self.on_serving()
         if self.handover is not None:
