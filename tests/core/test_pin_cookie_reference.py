@@ -11,27 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import skewless.core.pin
 from skewless.core.pin import MAX_TOKEN, Pin, PinCodec, find_cookie, parse_keys
-
-
-@pytest.fixture(scope="module", autouse=True, params=["c", "python"])
-def pin_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test twice: with the C check of ``skewless._pinfast`` and without it."""
-    if request.param == "c" and skewless.core.pin._pinfast is None:
-        pytest.skip(
-            "C accelerator skewless._pinfast not built (python setup.py build_ext --inplace)"
-        )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(skewless.core.pin, "ACCELERATED", request.param == "c")
-        yield request.param
-
+from skewless.testing.pins import pin_implementation, tamper  # noqa: F401
 
 SECRETS = {"k1": b"0123456789abcdef0123456789abcdef", "k0": b"fedcba9876543210fedcba9876543210"}
 KEYS = parse_keys("\n".join(f"{k}:{v.decode()}" for k, v in SECRETS.items()))
@@ -126,20 +112,7 @@ def tokens(draw: st.DrawFn) -> bytes:
         fmt = draw(st.sampled_from([b"s1", b"s1", b"s2", b""]))
         body = b".".join([fmt, kid.encode(), draw(field), draw(number), draw(number), draw(field)])
         token = sign(app, kid, body)
-    edit = draw(st.sampled_from(["none", "none", "none", "flip", "insert", "delete", "cut", "pad"]))
-    if edit == "none" or not token:
-        return token
-    i = draw(st.integers(0, len(token) - 1))
-    b = draw(st.integers(0, 255)).to_bytes(1, "big")
-    if edit == "flip":
-        return token[:i] + b + token[i + 1 :]
-    if edit == "insert":
-        return token[:i] + b + token[i:]
-    if edit == "delete":
-        return token[:i] + token[i + 1 :]
-    if edit == "cut":
-        return token[:i]
-    return token + b"A" * draw(st.sampled_from([1, 500, 8000]))
+    return tamper(draw, token, ["none"] * 3 + ["flip", "insert", "delete", "cut", "pad"])
 
 
 @st.composite

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from skewless.core import pin as pin_module
 from skewless.core.pin import Keyring, Pin, PinCodec, SigningKey, parse_keys
+from skewless.testing.pins import tamper
 
 pinfast = pin_module._pinfast
 pytestmark = pytest.mark.skipif(
@@ -145,26 +146,8 @@ def tokens(draw: st.DrawFn) -> bytes:
                 st.integers(0, 2**32).map(lambda seed: random.Random(seed).randbytes(8192)),
             )
         )
-    edit = draw(
-        st.sampled_from(["none"] * 4 + ["flip", "insert", "delete", "cut", "pad", "nul", "dots"])
-    )
-    if edit == "none" or not token:
-        return token
-    i = draw(st.integers(0, len(token) - 1))
-    b = draw(st.integers(0, 255)).to_bytes(1, "big")
-    if edit == "flip":
-        return token[:i] + b + token[i + 1 :]
-    if edit == "insert":
-        return token[:i] + b + token[i:]
-    if edit == "delete":
-        return token[:i] + token[i + 1 :]
-    if edit == "cut":
-        return token[:i]
-    if edit == "nul":
-        return token[:i] + b"\0" + token[i:]
-    if edit == "dots":
-        return token[:i] + b"." * draw(st.integers(1, 600)) + token[i:]
-    return token + b"A" * draw(st.sampled_from([1, 500, 8000]))
+    edits = ["none"] * 4 + ["flip", "insert", "delete", "cut", "pad", "nul", "dots"]
+    return tamper(draw, token, edits)
 
 
 apps = st.sampled_from(APPS)

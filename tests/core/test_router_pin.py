@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import skewless.core.pin
 from skewless.core.errors import ConfigError
 from skewless.core.pin import (
     MAX_TOKEN,
@@ -18,19 +15,7 @@ from skewless.core.pin import (
     needs_refresh,
     parse_keys,
 )
-
-
-@pytest.fixture(scope="module", autouse=True, params=["c", "python"])
-def pin_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test twice: with the C check of ``skewless._pinfast`` and without it."""
-    if request.param == "c" and skewless.core.pin._pinfast is None:
-        pytest.skip(
-            "C accelerator skewless._pinfast not built (python setup.py build_ext --inplace)"
-        )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(skewless.core.pin, "ACCELERATED", request.param == "c")
-        yield request.param
-
+from skewless.testing.pins import pin_implementation  # noqa: F401
 
 KEYS = parse_keys("k1:0123456789abcdef0123456789abcdef\nk0:fedcba9876543210fedcba9876543210")
 NOW = 1_800_000_000.0

@@ -431,3 +431,41 @@ def _read_response(s: socket.socket, buf: bytes) -> tuple[int, dict[str, str], b
             if size == 0:
                 return status, headers, bytes(body), bytes(data[pos:])
     return status, headers, bytes(data[pos:]), b""
+
+
+class FakeTransport:
+    """A transport for protocols driven in process: keeps what is written."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def writelines(self, data: Any) -> None:
+        self.sent.append(b"".join(data))
+
+    def get_extra_info(self, key: str) -> object:
+        return ("127.0.0.1", 5555)
+
+    def set_write_buffer_limits(self, high: int) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def take(self) -> bytes:
+        out = b"".join(self.sent)
+        self.sent = []
+        return out

@@ -5,7 +5,8 @@ docs/decisions/router-gc.md)."""
 from __future__ import annotations
 
 import gc
-from typing import Any
+
+from router_harness import FakeTransport
 
 from skewless.core.pin import PinCodec, parse_keys
 from skewless.core.route_table import parse_route_table
@@ -15,31 +16,6 @@ from skewless.router.server import Options, RouterServer
 from skewless.router.upstream import UpstreamProtocol
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-
-    def writelines(self, data: Any) -> None:
-        self.sent.append(b"".join(data))
-
-    def get_extra_info(self, key: str) -> object:
-        return ("127.0.0.1", 5555)
-
-    def set_write_buffer_limits(self, high: int) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 def test_a_closed_client_and_instance_connection_leave_no_cycles() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from router_harness import instance, read_response, table, version
+from router_harness import FakeTransport, instance, read_response, table, version
 
 from skewless.core.pin import PinCodec, parse_keys
 from skewless.core.route_table import parse_route_table
@@ -23,36 +23,6 @@ from skewless.router.server import Options, RouterServer
 from skewless.router.upstream import UpstreamProtocol
 
 KEYS = parse_keys("k1:0123456789abcdef0123456789abcdef")
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-
-    def writelines(self, data: Any) -> None:
-        self.sent.append(b"".join(data))
-
-    def get_extra_info(self, key: str) -> object:
-        return ("127.0.0.1", 5555)
-
-    def set_write_buffer_limits(self, high: int) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def take(self) -> bytes:
-        out = b"".join(self.sent)
-        self.sent = []
-        return out
 
 
 class CountingParser:

@@ -5,25 +5,8 @@ and a codec built without the signing key (a key rotation)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-import skewless.core.pin
 from skewless.core.pin import CLOCK_SKEW, PinCodec, parse_keys
-
-
-@pytest.fixture(scope="module", autouse=True, params=["c", "python"])
-def pin_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test twice: with the C check of ``skewless._pinfast`` and without it."""
-    if request.param == "c" and skewless.core.pin._pinfast is None:
-        pytest.skip(
-            "C accelerator skewless._pinfast not built (python setup.py build_ext --inplace)"
-        )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(skewless.core.pin, "ACCELERATED", request.param == "c")
-        yield request.param
-
+from skewless.testing.pins import pin_implementation  # noqa: F401
 
 K1 = parse_keys("k1:0123456789abcdef0123456789abcdef")
 K2_ONLY = parse_keys("k2:abcdefabcdefabcdefabcdefabcdef00")

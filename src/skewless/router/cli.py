@@ -316,7 +316,13 @@ def main(argv: list[str]) -> int:
     )
     if args.workers == 1:
         return run_worker(args, 0, keys, table, socks, admin_sock, handover, upgrade_path)
-    return supervise(args, keys, table, socks, admin_sock, handover, upgrade_path)
+    # Each worker publishes its metrics here every second; worker 0's /metrics merges
+    # them (the workers share no memory). Removed when the supervisor ends.
+    args.metrics_dir = tempfile.mkdtemp(prefix="skewless-router-metrics-")
+    try:
+        return supervise(args, keys, table, socks, admin_sock, handover, upgrade_path)
+    finally:
+        shutil.rmtree(args.metrics_dir, ignore_errors=True)
 
 
 def upgrade_socket_path(args: argparse.Namespace, port: int) -> str | None:
@@ -336,24 +342,6 @@ def upgrade_socket_path(args: argparse.Namespace, port: int) -> str | None:
 
 
 def supervise(
-    args: argparse.Namespace,
-    keys: Keyring,
-    table: RouteTable,
-    socks: list[socket.socket],
-    admin_sock: socket.socket | None,
-    handover: Handover | None,
-    upgrade_path: str | None,
-) -> int:
-    # Each worker publishes its metrics here every second; worker 0's /metrics merges
-    # them (the workers share no memory). Removed when the supervisor ends.
-    args.metrics_dir = tempfile.mkdtemp(prefix="skewless-router-metrics-")
-    try:
-        return _supervise(args, keys, table, socks, admin_sock, handover, upgrade_path)
-    finally:
-        shutil.rmtree(args.metrics_dir, ignore_errors=True)
-
-
-def _supervise(
     args: argparse.Namespace,
     keys: Keyring,
     table: RouteTable,
