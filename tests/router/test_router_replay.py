@@ -434,3 +434,25 @@ def test_header_lane_on_a_draining_router_closes() -> None:
     answer = on.upstream_reads(response())
     assert on.client_parses == 2
     assert b"Connection: close\r\n" in answer and on.client_t.closed
+
+
+def test_a_crlf_only_read_sends_the_next_request_to_the_parser() -> None:
+    """llhttp skips bare CRLFs between requests, but they count as head bytes (for the
+    header timeout and the drain's idle check): the lanes wait until a parsed request
+    resets the count, else a busy connection would look mid-head and get a 408."""
+    on = Rig()
+
+    def req(path: bytes) -> bytes:
+        return get(line=b"GET " + path + b" HTTP/1.1").replace(b"TOKEN", on.token)
+
+    for path in (b"/a", b"/b"):
+        on.client_reads(req(path))
+        on.upstream_reads(response())
+    on.client_reads(b"\r\n\r\n")
+    assert on.client.head_bytes == 4 and on.client_parses == 3
+    on.client_reads(req(b"/c"))  # parsed: the head count is reset
+    assert on.upstream_reads(response()).endswith(b"hello, world\n")
+    assert on.client_parses == 4 and on.client.head_bytes == 0
+    on.client_reads(req(b"/d"))  # the header lane again
+    assert on.upstream_reads(response()).endswith(b"hello, world\n")
+    assert on.client_parses == 4 and on.client.head_bytes == 0

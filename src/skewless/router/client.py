@@ -268,6 +268,7 @@ class ClientProtocol(asyncio.Protocol):
             memo is not None
             and data == memo[0]
             and self.boundary
+            and not self.head_bytes  # a CRLF-only read left head bytes counted: parse
             and self.active is None
             and self.refusal is None
             and not self.closing
@@ -279,6 +280,7 @@ class ClientProtocol(asyncio.Protocol):
         if (
             memo is not None
             and self.boundary
+            and not self.head_bytes
             and data.endswith(memo[0])
             and self.active is None
             and self.refusal is None
