@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +196,17 @@ class Fleet:
         """A fresh session (no cookie) is answered by ``version``."""
         r = httpx.get(f"{self.http}/", timeout=5)
         return r.status_code == 200 and r.headers.get("x-app-version") == version
+
+
+@contextlib.contextmanager
+def running_fleet(tmp_path: Path, *, hosts: int, slots: int) -> Iterator[Fleet]:
+    """A started ``Fleet``; on leaving, stopped, and no process of it left behind
+    (asserted, even when the body failed)."""
+    f = Fleet(tmp_path, hosts=hosts, slots=slots)
+    try:
+        f.start()
+        yield f
+    finally:
+        f.stop()
+        left = f.kill_everything()
+        assert not left, f"processes left behind: {left}"

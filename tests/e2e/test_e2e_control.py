@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, running_fleet, wait_for
 from .e2e_sessions import SessionLoad
 
 pytestmark = [
@@ -29,14 +29,8 @@ COMMON = ["--instances", "4", "--session-idle-timeout", str(IDLE)]
 
 
 def fleet_fixture(tmp_path: Path, *, slots: int) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=4, slots=slots)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=4, slots=slots) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, running_fleet, wait_for
 from .e2e_sessions import SessionLoad
 
 pytestmark = [
@@ -23,14 +23,8 @@ pytestmark = [
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=4, slots=4)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=4, slots=4) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 def v1_in_table(fleet: Fleet) -> int:

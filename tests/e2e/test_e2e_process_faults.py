@@ -30,7 +30,7 @@ from .e2e_faults import (
     rollout_end,
     schedule,
 )
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, running_fleet, wait_for
 from .e2e_sessions import SessionLoad
 
 pytestmark = [
@@ -52,14 +52,8 @@ KINDS = tuple(  # SKEWLESS_FAULT_KINDS=instance,agent narrows the faults (to bis
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=2, slots=3)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=2, slots=3) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 @pytest.mark.parametrize("seed", SEEDS)

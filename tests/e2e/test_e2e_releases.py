@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_fleet import Fleet, wait_for
+from .e2e_fleet import Fleet, running_fleet, wait_for
 from .e2e_sessions import SessionLoad
 from .e2e_watch import StatusWatch
 
@@ -25,14 +25,8 @@ IDLE = 3.0
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=4, slots=2)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=4, slots=2) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 def release_under_load(fleet: Fleet, strategy: str) -> None:

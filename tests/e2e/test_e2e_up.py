@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .e2e_fleet import Fleet, free_port, wait_for
+from .e2e_fleet import Fleet, free_port, running_fleet, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,14 +23,8 @@ pytestmark = [
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=2, slots=3)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=2, slots=3) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 def test_up_runs_a_fleet_and_the_commands_drive_it(fleet: Fleet) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from e2e.e2e_fleet import Fleet, wait_for
+from e2e.e2e_fleet import Fleet, running_fleet, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,14 +37,8 @@ K2 = "k2:" + "2" * 64
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, hosts=2, slots=2)
-    try:
-        f.start()
+    with running_fleet(tmp_path, hosts=2, slots=2) as f:
         yield f
-    finally:
-        f.stop()
-        left = f.kill_everything()
-        assert not left, f"processes left behind: {left}"
 
 
 class User:
