@@ -29,8 +29,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import benchtools  # noqa: E402
 from localports import free_port, wait_port  # noqa: E402
 
 from skewless.core.pin import PinCodec, parse_keys  # noqa: E402
@@ -51,22 +50,11 @@ ORIGIN_CORE, PROXY_CORE = "1", "0"
 
 
 def ensure_tools() -> None:
-    missing = [
-        name
-        for name, exe in (("haproxy", "haproxy"), ("nginx", "nginx"), ("wrk", "wrk"))
-        if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists()
-    ]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    benchtools.ensure_tools({"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk"})
 
 
 def exe(name: str) -> str:
-    return shutil.which(name) or f"/usr/sbin/{name}"
+    return benchtools.tool(name) or f"/usr/sbin/{name}"
 
 
 @contextlib.contextmanager
@@ -84,13 +72,7 @@ def process(
         wait_port(port)
         yield proc.pid  # = its process group: workers and children included
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        benchtools.stop_group(proc)
 
 
 def nginx_conf(tmp: Path, name: str, body: str, workers: int = 1) -> Path:

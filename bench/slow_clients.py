@@ -36,8 +36,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +46,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import benchtools
 from localports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,33 +62,11 @@ PATHS = {"slowloris (-H)": "/", "slow POST (-B)": "/upload", "slow read (-X)": "
 
 
 def ensure_tools() -> None:
-    wanted = {"slowhttptest": "slowhttptest", "wrk": "wrk", "nginx": "nginx"}
-    missing = [pkg for pkg, exe in wanted.items() if not which(exe)]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    benchtools.ensure_tools({"slowhttptest": "slowhttptest", "wrk": "wrk", "nginx": "nginx"})
 
 
-def which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    return f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+which = benchtools.tool
+stop = benchtools.stop_group
 
 
 @contextlib.contextmanager

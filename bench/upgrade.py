@@ -12,12 +12,10 @@ socket errors (connect, read, write, timeout) and no non-2xx responses.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import benchtools
 from localports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +47,7 @@ asyncio.run(main())
 
 
 def start_origin(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    nginx = benchtools.tool("nginx") or ""
     if nginx:
         d = tmp / "origin"
         d.mkdir()
@@ -85,14 +84,7 @@ def start_router(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    benchtools.stop_group(proc, grace=15)
 
 
 def parse_wrk(out: str) -> dict[str, int]:
