@@ -22,10 +22,8 @@ Timings are this machine's (shared, 2 cores): read the counts, not the seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import benchtools
 import httpx
 from rich.console import Console
 from rich.table import Table
@@ -42,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.e2e_faults import (  # noqa: E402
-    FaultLoad,
     FaultRunner,
     Watch,
     admin_url,
@@ -52,6 +50,7 @@ from tests.e2e.e2e_faults import (  # noqa: E402
     schedule,
 )
 from tests.e2e.e2e_fleet import TINYAPP, Fleet, free_port, wait_for  # noqa: E402
+from tests.e2e.e2e_sessions import SessionLoad  # noqa: E402
 
 from skewless.testing.faultproxy import ThreadedFaultProxy  # noqa: E402
 
@@ -95,17 +94,6 @@ def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 def run_wire(mode: str, params: dict[str, Any], args: argparse.Namespace, tmp: Path) -> Row:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SKEWLESS_HOME": str(tmp / "home")}
     env.pop("SKEWLESS_TOKEN", None)
@@ -145,7 +133,7 @@ def run_wire(mode: str, params: dict[str, Any], args: argparse.Namespace, tmp: P
         url = f"http://127.0.0.1:{listen}"
         wait_for("the router", lambda: httpx.get(f"{url}/healthz").status_code == 200, 20)
         started = time.monotonic()
-        with FaultLoad(url, users=args.users, requests_per_session=6, think=0.1) as load:
+        with SessionLoad(url, users=args.users, requests_per_session=6, think=0.1) as load:
             wait_for("load", lambda: load.requests() > args.users, 30)
             on = time.time()
             proxies[0].set(mode, **params)  # type: ignore[arg-type]
@@ -184,7 +172,7 @@ def run_wire(mode: str, params: dict[str, Any], args: argparse.Namespace, tmp: P
         for p in proxies:
             p.close()
         for proc in procs:
-            _kill(proc)
+            benchtools.stop_group(proc)
 
 
 # ---- process faults ------------------------------------------------------------------------
@@ -203,7 +191,7 @@ def run_process(seed: int, strategy: str, args: argparse.Namespace, tmp: Path) -
             raise RuntimeError(f"v1 deploy failed: {first.stdout}{first.stderr}")
         faults = schedule(seed, window=args.window)
         started = time.monotonic()
-        with FaultLoad(fleet.http, users=args.users, requests_per_session=6, think=0.1) as load:
+        with SessionLoad(fleet.http, users=args.users, requests_per_session=6, think=0.1) as load:
             wait_for("sessions", lambda: load.requests() > args.users, 30)
             runner = FaultRunner(fleet, faults)
             with Watch(admin=admin_url(fleet), fleet=fleet, load=load, desired=args.instances) as w:
